@@ -1,0 +1,23 @@
+"""gemini-sweep: hyperparameter sweeps for Gemini fine-tuning, tracked in MLflow."""
+
+from sweeps.config import SweepConfig
+from sweeps.config import load_config
+from sweeps.dataset import Dataset
+from sweeps.dataset import load_dataset
+from sweeps.errors import BudgetExhausted
+from sweeps.errors import ConfigError
+from sweeps.errors import DatasetError
+from sweeps.errors import SweepError
+from sweeps.errors import TrackingError
+
+__all__ = [
+    "BudgetExhausted",
+    "ConfigError",
+    "Dataset",
+    "DatasetError",
+    "SweepConfig",
+    "SweepError",
+    "TrackingError",
+    "load_config",
+    "load_dataset",
+]

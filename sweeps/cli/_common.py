@@ -1,0 +1,61 @@
+"""What every command shares: the app, the consoles, logging set-up and error handling."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from gemini_backend import BackendError
+from sweeps.errors import SweepError
+
+#: Exit codes: 0 ok, 1 the sweep failed, 2 bad config / input / usage, 130 interrupted.
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="gemini-sweep",
+    help="Find the best fine-tuning hyperparameters for Gemini models, tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Tracebacks with locals could print API keys (typer < 0.23 default): never show them.
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Configure logging once, in the CLI only; library modules never add handlers."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(console=err_console, show_path=False, show_time=False,
+                          markup=False, rich_tracebacks=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s",
+                        force=True)
+    for name in ("sweeps", "gemini_backend"):
+        logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn expected errors into a clear message and an exit code, never a traceback."""
+    try:
+        yield
+    except (SweepError, BackendError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True,
+                          soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted: jobs in flight keep running; "
+                          "run the same command again to collect them")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def not_yet_available(command: str, issue: int) -> None:
+    err_console.print(f"error: `gemini-sweep {command}` is not available yet (issue #{issue})")
+    raise typer.Exit(EXIT_BAD_INPUT)

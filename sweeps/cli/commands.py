@@ -1,0 +1,10 @@
+"""Imports every command module so each registers itself on the app."""
+
+from __future__ import annotations
+
+from sweeps.cli import export_cmd  # noqa: F401
+from sweeps.cli import report_cmd  # noqa: F401
+from sweeps.cli import run_cmd  # noqa: F401
+from sweeps.cli import status_cmd  # noqa: F401
+from sweeps.cli import ui_cmd  # noqa: F401
+from sweeps.cli import validate_cmd  # noqa: F401

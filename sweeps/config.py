@@ -1,0 +1,356 @@
+"""The sweep config: a YAML file validated with pydantic.
+
+Every error names the key path and its line in the YAML file (``n_trials (line 7): ...``);
+unknown keys are errors, so a typo never silently falls back to a default. The ``backend``
+section is validated by the model of the backend its ``kind`` selects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from typing import Any
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Discriminator
+from pydantic import Field
+from pydantic import SerializeAsAny
+from pydantic import Tag
+from pydantic import ValidationError
+from pydantic import field_validator
+from pydantic import model_validator
+
+from gemini_backend import BackendConfig
+from gemini_backend import BackendError
+from gemini_backend import config_model
+from sweeps._yaml_lines import LineMap
+from sweeps._yaml_lines import load_yaml_with_lines
+from sweeps.errors import ConfigError
+
+STATE_DIR_NAME = ".gemini_sweep"
+_STRICT = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class _Strict(BaseModel):
+    model_config = _STRICT
+
+
+# --- search space -------------------------------------------------------------------------
+
+
+class Fixed(_Strict):
+    """A knob held at one value: ``{value: 4}``."""
+
+    value: int | float | str
+
+
+class Choices(_Strict):
+    """A knob chosen from a list: ``{choices: [2, 4, 8]}``."""
+
+    choices: list[int | float | str] = Field(min_length=1)
+
+
+class IntRange(_Strict):
+    """An integer knob in ``[low, high]``: ``{low: 1, high: 10}``."""
+
+    low: int
+    high: int
+    step: int = Field(default=1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not be greater than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+
+class FloatRange(_Strict):
+    """A real knob in ``[low, high]``, optionally log-scaled: ``{low: 0.1, high: 10, log: true}``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not be greater than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+
+def _knob_shape(value: Any) -> str:
+    if isinstance(value, dict):
+        if "value" in value:
+            return "fixed"
+        if "choices" in value:
+            return "choices"
+    return "range"
+
+
+def _range_tag(kind: type[BaseModel]) -> Any:
+    return Annotated[kind, Tag("range")]
+
+
+IntKnob = Annotated[
+    Annotated[Fixed, Tag("fixed")] | Annotated[Choices, Tag("choices")] | _range_tag(IntRange),
+    Discriminator(_knob_shape),
+]
+FloatKnob = Annotated[
+    Annotated[Fixed, Tag("fixed")] | Annotated[Choices, Tag("choices")] | _range_tag(FloatRange),
+    Discriminator(_knob_shape),
+]
+KnobSpec = Fixed | Choices | IntRange | FloatRange
+
+
+class SearchSpace(BaseModel):
+    """What Optuna searches. A knob left out is held at the seed's default (epochs 5,
+    multiplier 1.0) or, for ``batch_size``, not sent so the service picks it.
+
+    Backend-specific knobs (Vertex ``adapter_size``) are extra keys of the same shapes.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
+    __pydantic_extra__: dict[str, IntKnob]  # type: ignore[assignment]
+
+    epochs: IntKnob = Fixed(value=5)
+    batch_size: IntKnob | None = None
+    learning_rate_multiplier: FloatKnob = Fixed(value=1.0)
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive_epochs(cls, knob: KnobSpec) -> KnobSpec:
+        lowest = _lowest(knob)
+        if lowest is not None and lowest < 1:
+            raise ValueError(f"epoch counts must be at least 1, got {lowest}")
+        return knob
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, knob: KnobSpec | None) -> KnobSpec | None:
+        lowest = _lowest(knob) if knob is not None else None
+        if lowest is not None and lowest < 1:
+            raise ValueError(f"batch sizes must be at least 1, got {lowest}")
+        return knob
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _positive_multiplier(cls, knob: KnobSpec) -> KnobSpec:
+        lowest = _lowest(knob)
+        if lowest is not None and lowest <= 0:
+            raise ValueError(f"the multiplier must be greater than 0, got {lowest}")
+        return knob
+
+    def knobs(self) -> dict[str, KnobSpec]:
+        """Every knob that is set, canonical ones first."""
+        knobs: dict[str, KnobSpec] = {
+            "epochs": self.epochs,
+            "learning_rate_multiplier": self.learning_rate_multiplier,
+        }
+        if self.batch_size is not None:
+            knobs["batch_size"] = self.batch_size
+        knobs.update(self.__pydantic_extra__ or {})
+        return knobs
+
+
+def _lowest(knob: KnobSpec) -> float | None:
+    if isinstance(knob, Fixed):
+        return knob.value if isinstance(knob.value, (int, float)) else None
+    if isinstance(knob, Choices):
+        numbers = [c for c in knob.choices if isinstance(c, (int, float))]
+        return min(numbers) if numbers else None
+    return knob.low
+
+
+# --- sampler, pruner, plateau, budget ---------------------------------------------------------
+
+
+class SamplerConfig(_Strict):
+    """Optuna sampler. ``seed`` makes a sweep's proposals repeatable."""
+
+    kind: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
+    seed: int | None = None
+    n_startup_trials: int | None = Field(default=None, ge=0)
+
+
+class NoPruner(_Strict):
+    kind: Literal["none"] = "none"
+
+
+class MedianPrunerConfig(_Strict):
+    kind: Literal["median"]
+    n_startup_trials: int = Field(default=3, ge=0)
+    n_warmup_steps: int = Field(default=1, ge=0, description="epochs before any pruning")
+
+
+class PatientPrunerConfig(_Strict):
+    kind: Literal["patient"]
+    patience: int = Field(default=2, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class HyperbandPrunerConfig(_Strict):
+    kind: Literal["hyperband"]
+    min_resource: int = Field(default=1, ge=1, description="epochs before any pruning")
+    reduction_factor: int = Field(default=3, ge=2)
+
+
+PrunerConfig = Annotated[
+    NoPruner | MedianPrunerConfig | PatientPrunerConfig | HyperbandPrunerConfig,
+    Field(discriminator="kind"),
+]
+
+
+class PlateauConfig(_Strict):
+    """Options of :func:`sweeps.plateau.find_plateau` (reference/plateau.md section 1.10)."""
+
+    smoothing: float = Field(default=0.3, ge=0.0, lt=1.0, description="EMA weight per epoch")
+    tolerance: float = Field(default=0.03, gt=0.0, lt=1.0,
+                             description="fraction of the loss range above the minimum")
+    convergence_threshold: float = Field(default=0.02, gt=0.0,
+                                         description="relative fall over the last epoch that "
+                                         "still counts as 'not converged'")
+    spike_threshold: float = Field(default=0.25, gt=0.0,
+                                   description="relative rise that counts as a spike")
+
+
+class BudgetConfig(_Strict):
+    """Spend limits. Jobs in flight count as already spent (committed)."""
+
+    max_training_tokens: int | None = Field(default=None, gt=0)
+    max_cost: float | None = Field(default=None, gt=0)
+    price_per_million_tokens: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _cost_needs_price(self) -> BudgetConfig:
+        if self.max_cost is not None and self.price_per_million_tokens is None:
+            raise ValueError("max_cost needs price_per_million_tokens to turn tokens into cost")
+        return self
+
+
+class DatasetConfig(_Strict):
+    """The tuning examples. A relative ``path`` is relative to the config file."""
+
+    path: Path
+    validation_split: float = Field(default=0.0, ge=0.0, lt=1.0)
+    preamble: str = ""
+    seed: int = 0
+
+
+Objective = Literal["plateau_loss", "final_loss", "eval_loss"]
+
+
+class SweepConfig(_Strict):
+    """A whole sweep. The field names are the YAML contract."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    dataset: DatasetConfig
+    backend: SerializeAsAny[BackendConfig]
+    search_space: SearchSpace = SearchSpace()
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerConfig = NoPruner()
+    n_trials: int = Field(default=10, ge=1)
+    concurrency: int = Field(default=1, ge=1)
+    objective: Objective = "plateau_loss"
+    plateau: PlateauConfig = PlateauConfig()
+    budget: BudgetConfig = BudgetConfig()
+    max_consecutive_failures: int = Field(default=3, ge=1)
+    poll_interval_s: float | None = Field(default=None, gt=0)
+    storage: str | None = None
+    tracking_uri: str | None = None
+
+    #: The folder of the YAML file; relative paths resolve against it. Not a YAML key.
+    config_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("backend", mode="wrap")
+    @classmethod
+    def _backend_by_kind(cls, value: Any, handler: Any) -> BackendConfig:
+        if isinstance(value, BackendConfig):
+            return value
+        if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
+            raise ValueError("needs a 'kind': local, gemini-api, vertex, replay or "
+                             "'package.module:Class'")
+        try:
+            model = config_model(value["kind"])
+        except BackendError as exc:
+            raise ValueError(exc.message) from None
+        return model.model_validate(value)
+
+    # Resolved locations -------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the embedded defaults keep their files: ``.gemini_sweep/`` next to the config."""
+        return self.config_dir / STATE_DIR_NAME
+
+    @property
+    def dataset_path(self) -> Path:
+        path = self.dataset.path.expanduser()
+        return path if path.is_absolute() else (self.config_dir / path).resolve()
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna storage; default an SQLite file next to the config."""
+        return self.storage or f"sqlite:///{(self.state_dir / 'optuna.db').resolve()}"
+
+    @property
+    def tracking_url(self) -> str:
+        """The MLflow tracking URI; default an SQLite file next to the config."""
+        return self.tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+
+def load_config(path: str | Path, **overrides: Any) -> SweepConfig:
+    """Read and validate a sweep config file.
+
+    Args:
+        path: the YAML file.
+        overrides: top-level keys that replace the file's (the CLI's ``--storage``, ...).
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or breaks a rule; the message lists
+            every problem with its key path and line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    data, lines = load_yaml_with_lines(text, source=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys (name, dataset, ...)")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data["config_dir"] = path.parent.resolve()
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path, lines)) from None
+
+
+def format_validation_error(error: ValidationError, path: Path, lines: LineMap) -> str:
+    """One line per problem: ``file: key.path (line N): message``."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        loc = _clean_loc(item["loc"])
+        line = lines.line_of(loc)
+        where = ".".join(str(part) for part in loc) or "(top level)"
+        at = f" (line {line})" if line else ""
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; check its spelling against the documented keys"
+        problems.append(f"{path}: {where}{at}: {message}")
+    return f"{path}: invalid sweep config\n  " + "\n  ".join(problems)
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union-branch labels (``fixed``, ``range``, model names) from a path."""
+    branch_labels = {"fixed", "choices", "range", "function-wrap[_backend_by_kind()]"}
+    return tuple(part for part in loc if part not in branch_labels)

@@ -1,0 +1,55 @@
+"""The package layout DESIGN.md fixes, and the import boundary between the two packages."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+
+def test_both_packages_import_in_a_fresh_interpreter() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import sweeps, gemini_backend; print('ok')"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_top_level_layout_matches_design() -> None:
+    for folder in ("sweeps", "gemini_backend", "configs", "notebooks", "tests", "benchmarks"):
+        assert (REPO_ROOT / folder).is_dir(), folder
+    assert (REPO_ROOT / "pyproject.toml").is_file()
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_backends_know_nothing_of_optuna_mlflow_or_sweeps() -> None:
+    offenders = []
+    for path in (REPO_ROOT / "gemini_backend").rglob("*.py"):
+        for name in _imported_modules(path):
+            if name.split(".")[0] in {"optuna", "mlflow", "sweeps"}:
+                offenders.append(f"{path.relative_to(REPO_ROOT)} imports {name}")
+    assert offenders == []
+
+
+def test_only_tracking_talks_to_mlflow_and_only_runner_to_both() -> None:
+    allowed_mlflow = {"tracking.py", "_tracking_writer.py", "ui_cmd.py"}
+    offenders = []
+    for path in (REPO_ROOT / "sweeps").rglob("*.py"):
+        uses_mlflow = any(n.split(".")[0] == "mlflow" for n in _imported_modules(path))
+        if uses_mlflow and path.name not in allowed_mlflow and "tracking" not in path.parts:
+            offenders.append(str(path.relative_to(REPO_ROOT)))
+    assert offenders == []
