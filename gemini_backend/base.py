@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Collection
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -246,6 +247,26 @@ class BaseBackend(abc.ABC):
     @abc.abstractmethod
     def find(self, idempotency_key: str) -> JobRef | None:
         """The job submitted earlier with this key, or ``None``; never creates anything."""
+
+    def check_search_space(self, knobs: Collection[str]) -> None:
+        """Reject, before any trial, a search space naming knobs this backend cannot send.
+
+        Backends override this to explain service-specific rules (Vertex takes
+        ``batch_size`` only for open models).
+
+        Raises:
+            InvalidRequestError: naming the knob and what to do instead.
+        """
+        unknown = sorted(set(knobs) - set(self.capabilities.knobs))
+        if unknown:
+            raise InvalidRequestError(
+                f"search_space: the {self.kind or type(self).__name__} backend does not take "
+                f"{', '.join(unknown)}; it takes {', '.join(sorted(self.capabilities.knobs))}"
+            )
+
+    def preflight(self) -> None:
+        """Checks that need the service (credentials, a tunable base model), run once before
+        the first trial so a sweep that cannot work fails before spending anything."""
 
     def generate(self, ref: JobRef, prompts: Sequence[str]) -> list[str]:
         """The tuned model's answers to ``prompts`` (for held-out evaluation)."""
