@@ -1,0 +1,176 @@
+"""Readers for the three dataset formats: JSONL, JSON and CSV, chosen by file extension.
+
+A reader turns a file into raw records, each tagged with where it came from, and collects
+the problems that stop a record from being read at all (invalid UTF-8, invalid JSON, a CSV
+without the right header). Field rules live in :mod:`sweeps.dataset`.
+
+Locations, as every message shows them:
+
+* JSONL: ``file:LINE`` (1-based line of the file);
+* JSON: ``file: [INDEX]`` (0-based index in the top-level list, as in Python and jq);
+* CSV: ``file: row N``, counted as a spreadsheet does: the header is row 1, so the first
+  example is row 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: The columns (CSV) and keys (JSON, JSONL) an example may have.
+FIELDS = ("text_input", "output")
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv")
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One example as read, before any field rule: ``data`` is what the file held."""
+
+    where: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """The records a reader could read, and the problems with the rest of the file."""
+
+    records: tuple[RawRecord, ...]
+    problems: tuple[str, ...]
+    size_bytes: int = 0
+
+
+def read_records(path: Path) -> ReadResult:
+    """Read ``path`` by its extension (``.jsonl``, ``.json``, ``.csv``; a UTF-8 BOM is fine)."""
+    label = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        return ReadResult((), (f"{label}: unsupported file type {suffix or '(none)'!r}; "
+                               "use .jsonl, .json or .csv",))
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return ReadResult((), (f"{label}: no such file",))
+    except OSError as exc:
+        return ReadResult((), (f"{label}: cannot be read ({exc.strerror or exc})",))
+    raw = raw.removeprefix(_BOM)
+    if suffix == ".jsonl":
+        records, problems = _read_jsonl(raw, label)
+    else:
+        text, problems = _decode(raw, label)
+        reader = _read_json if suffix == ".json" else _read_csv
+        records, more = reader(text, label)
+        problems += more
+    return ReadResult(tuple(records), tuple(problems), len(raw))
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a Python value's type, for messages (``number``, ``array``, ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "string" if isinstance(value, str) else type(value).__name__
+
+
+def _utf8_problem(line: bytes, where: str) -> str | None:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = line[exc.start:exc.start + 1].hex()
+        return (f"{where}: invalid UTF-8 (byte 0x{bad} at column {exc.start + 1}); "
+                "save the file as UTF-8")
+    return None
+
+
+def _decode(raw: bytes, label: str) -> tuple[str, list[str]]:
+    """Decode the whole file, reporting every line with invalid UTF-8.
+
+    The rest is still read (bad bytes become U+FFFD) so one pass reports every problem.
+    """
+    try:
+        return raw.decode("utf-8"), []
+    except UnicodeDecodeError:
+        pass
+    problems = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        problem = _utf8_problem(line, f"{label}:{number}")
+        if problem:
+            problems.append(problem)
+    return raw.decode("utf-8", errors="replace"), problems
+
+
+def _read_jsonl(raw: bytes, label: str) -> tuple[list[RawRecord], list[str]]:
+    records: list[RawRecord] = []
+    problems: list[str] = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        where = f"{label}:{number}"
+        if not line.strip():
+            continue  # blank lines (and the trailing newline) carry no example
+        bad_utf8 = _utf8_problem(line, where)
+        if bad_utf8:
+            problems.append(bad_utf8)
+            continue
+        try:
+            records.append(RawRecord(where, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: invalid JSON: {exc.msg} (column {exc.colno}); "
+                            "each line must be one JSON object")
+    return records, problems
+
+
+def _read_json(text: str, label: str) -> tuple[list[RawRecord], list[str]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return [], [f"{label}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"]
+    if not isinstance(data, list):
+        return [], [f"{label}: the file must hold a JSON list of examples "
+                    f'([{{"text_input": ..., "output": ...}}, ...]), got {json_type(data)}']
+    return [RawRecord(f"{label}: [{index}]", item) for index, item in enumerate(data)], []
+
+
+def _read_csv(text: str, label: str) -> tuple[list[RawRecord], list[str]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        return [], [f"{label}: row 1: empty file; the first row must be the header "
+                    "text_input,output"]
+    columns = [name.strip() for name in header]
+    unknown = [name for name in columns if name not in FIELDS]
+    if unknown or "output" not in columns or len(set(columns)) != len(columns):
+        return [], [f"{label}: row 1: header is {','.join(columns)!r}; it must be "
+                    "text_input,output (or output alone for output-only examples)"]
+    records: list[RawRecord] = []
+    problems: list[str] = []
+    row_number = 1
+    try:
+        for row_number, row in enumerate(reader, start=2):
+            _add_csv_row(row, columns, f"{label}: row {row_number}", records, problems)
+    except csv.Error as exc:
+        problems.append(f"{label}: row {row_number + 1}: not valid CSV ({exc})")
+    return records, problems
+
+
+def _add_csv_row(row: list[str], columns: list[str], where: str,
+                 records: list[RawRecord], problems: list[str]) -> None:
+    if not any(cell.strip() for cell in row):
+        return  # blank rows carry no example
+    if len(row) != len(columns):
+        problems.append(f"{where}: {len(row)} cells, the header has {len(columns)}; "
+                        "quote cells that contain commas")
+        return
+    # An empty text_input cell is how CSV says "no text_input".
+    data = {name: (cell if cell or name != "text_input" else None)
+            for name, cell in zip(columns, row, strict=True)}
+    records.append(RawRecord(where, data))
