@@ -13,7 +13,8 @@ from sweeps.errors import ConfigError
 class LineMap:
     """Maps a key path (``("backend", "kind")``) to its 1-based line in the source."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "<config>") -> None:
+        self.source = source
         self._lines: dict[tuple[Any, ...], int] = {}
 
     def add(self, path: tuple[Any, ...], line: int) -> None:
@@ -43,7 +44,7 @@ def load_yaml_with_lines(text: str, *, source: str) -> tuple[Any, LineMap]:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{source}{where}: not valid YAML: {problem}") from None
-    lines = LineMap()
+    lines = LineMap(source)
     if node is not None:
         _walk(node, (), lines)
     return data, lines
@@ -51,9 +52,19 @@ def load_yaml_with_lines(text: str, *, source: str) -> tuple[Any, LineMap]:
 
 def _walk(node: yaml.Node, path: tuple[Any, ...], lines: LineMap) -> None:
     if isinstance(node, yaml.MappingNode):
+        first_seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value
-            lines.add(path + (key,), key_node.start_mark.line + 1)
+            line = key_node.start_mark.line + 1
+            if key in first_seen:
+                # PyYAML keeps the last of two equal keys: a silent override, so refuse it.
+                where = ".".join(str(p) for p in (*path, key))
+                raise ConfigError(
+                    f"{lines.source}: {where} (line {line}): duplicate key; "
+                    f"first set on line {first_seen[key]}"
+                )
+            first_seen[key] = line
+            lines.add(path + (key,), line)
             _walk(value_node, path + (key,), lines)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):

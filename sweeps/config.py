@@ -7,12 +7,12 @@ section is validated by the model of the backend its ``kind`` selects.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated
 from typing import Any
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel
 from pydantic import ConfigDict
 from pydantic import Discriminator
@@ -22,7 +22,9 @@ from pydantic import Tag
 from pydantic import ValidationError
 from pydantic import field_validator
 from pydantic import model_validator
+from pydantic_core import PydanticCustomError
 
+from gemini_backend import CANONICAL_KNOBS
 from gemini_backend import BackendConfig
 from gemini_backend import BackendError
 from gemini_backend import config_model
@@ -87,6 +89,11 @@ class FloatRange(_Strict):
 
 
 def _knob_shape(value: Any) -> str:
+    # Instances arrive here when pydantic serializes a model; dicts when it validates YAML.
+    if isinstance(value, Fixed):
+        return "fixed"
+    if isinstance(value, Choices):
+        return "choices"
     if isinstance(value, dict):
         if "value" in value:
             return "fixed"
@@ -123,6 +130,24 @@ class SearchSpace(BaseModel):
     epochs: IntKnob = Fixed(value=5)
     batch_size: IntKnob | None = None
     learning_rate_multiplier: FloatKnob = Fixed(value=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_knobs(cls, data: Any) -> Any:
+        # Extra keys are backend knobs (Vertex adapter_size), so a typo such as `epoch:` would
+        # otherwise load as a new knob while `epochs` silently stays at its default.
+        if isinstance(data, dict):
+            for key in data:
+                if key in CANONICAL_KNOBS:
+                    continue
+                close = difflib.get_close_matches(str(key), CANONICAL_KNOBS, n=1, cutoff=0.75)
+                if close:
+                    raise PydanticCustomError(
+                        "misspelt_knob",
+                        "unknown knob; did you mean '{suggestion}'?",
+                        {"key": key, "suggestion": close[0]},
+                    )
+        return data
 
     @field_validator("epochs")
     @classmethod
@@ -340,6 +365,8 @@ def format_validation_error(error: ValidationError, path: Path, lines: LineMap) 
     problems = []
     for item in error.errors(include_input=False, include_url=False):
         loc = _clean_loc(item["loc"])
+        if "key" in item.get("ctx", {}):
+            loc = (*loc, item["ctx"]["key"])
         line = lines.line_of(loc)
         where = ".".join(str(part) for part in loc) or "(top level)"
         at = f" (line {line})" if line else ""

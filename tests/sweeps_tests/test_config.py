@@ -278,15 +278,9 @@ def test_a_loaded_api_key_stays_hidden(tmp_path: Path) -> None:
         assert FAKE_KEY not in shown
 
 
-# --- known gaps in sweeps/config.py (fixes described in the reasons) ---------------------------
+# --- silent mistakes that must be errors ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.py bug: SearchSpace allows extra keys (backend-specific knobs), so a misspelt "
-    "knob such as 'epoch' loads silently as an extra knob and epochs stays at 5. Fix: a "
-    "mode='before' model_validator on SearchSpace raising PydanticCustomError('unknown_knob', "
-    "..., {'key': key}) for extra keys that difflib.get_close_matches(key, CANONICAL_KNOBS, "
-    "cutoff=0.8) matches, and format_validation_error appending ctx['key'] to the loc"))
 def test_a_misspelt_knob_is_an_error_on_its_line(tmp_path: Path) -> None:
     message = config_error(tmp_path, """\
         name: x
@@ -298,10 +292,6 @@ def test_a_misspelt_knob_is_an_error_on_its_line(tmp_path: Path) -> None:
     assert "search_space.epoch (line 5)" in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_yaml_lines bug: PyYAML keeps the last of two equal keys, so a repeated n_trials "
-    "silently overrides the first. Fix: in _yaml_lines._walk, remember each mapping's keys "
-    "and raise ConfigError('<file>: <path> (line N): duplicate key; first set on line M')"))
 def test_a_duplicate_key_is_an_error(tmp_path: Path) -> None:
     message = config_error(tmp_path, """\
         name: x
@@ -313,12 +303,6 @@ def test_a_duplicate_key_is_an_error(tmp_path: Path) -> None:
     assert "n_trials (line 5)" in message and "duplicate" in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.py bug: _knob_shape only recognises dicts, so when pydantic serializes a knob "
-    "(a Fixed or Choices instance) it picks the 'range' branch and warns "
-    "PydanticSerializationUnexpectedValue on every model_dump (values stay right). Fix: in "
-    "_knob_shape, return 'fixed' for isinstance(value, Fixed) and 'choices' for "
-    "isinstance(value, Choices) before the dict checks"))
 def test_dumping_a_config_is_clean_and_round_trips(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, VALID))
     with warnings.catch_warnings():
