@@ -17,6 +17,7 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
+import google.auth.exceptions
 import requests
 
 from gemini_backend._retry import RETRYABLE_STATUS_CODES
@@ -161,13 +162,53 @@ class RestClient:
         Raises:
             BackendError: one of its subclasses, after the retries are spent.
         """
+        return self._with_retries(
+            what,
+            retry,
+            lambda attempt: self._send_once(method, path, what, json_body, params, data,
+                                            headers, attempt),
+        )
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        params: Mapping[str, Any] | None = None,
+        data: bytes | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        retry: bool = True,
+        accept_statuses: frozenset[int] = frozenset(),
+    ) -> requests.Response:
+        """Like :meth:`request` but return the response itself, for calls whose answer is
+        in headers or in a status (Cloud Storage uploads: ``Location``, ``Range``, 308, 412).
+
+        Args:
+            accept_statuses: statuses of 400 or more that are returned instead of raised.
+
+        Raises:
+            BackendError: one of its subclasses, after the retries are spent.
+        """
+
+        def once(attempt: int) -> requests.Response:
+            response = self._transport(method, path, what, json_body, params, data, headers,
+                                       attempt)
+            if response.status_code >= 400 and response.status_code not in accept_statuses:
+                raise error_from_response(response, what=what)
+            return response
+
+        return self._with_retries(what, retry, once)
+
+    def _with_retries(self, what: str, retry: bool, call: Callable[[int], Any]) -> Any:
+        """Run ``call(attempt)``, retrying ``TransientError`` on the backoff schedule."""
         delays = self.backoff.delays() if retry else iter(())
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._send_once(method, path, what, json_body, params, data, headers,
-                                       attempt)
+                return call(attempt)
             except TransientError as error:
                 delay = next(delays, None)
                 if delay is None:
@@ -189,6 +230,31 @@ class RestClient:
         extra_headers: Mapping[str, str] | None,
         attempt: int,
     ) -> Any:
+        response = self._transport(method, path, what, json_body, params, data, extra_headers,
+                                   attempt)
+        if response.status_code >= 400:
+            raise error_from_response(response, what=what)
+        if not response.content:
+            return {}
+        try:
+            return response.json()
+        except (ValueError, json.JSONDecodeError) as exc:
+            # A proxy's HTML page or a truncated body: the call may have worked, so only
+            # idempotent callers retry it.
+            raise TransientError(f"{what}: the answer was not valid JSON") from exc
+
+    def _transport(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        json_body: Any,
+        params: Mapping[str, Any] | None,
+        data: bytes | None,
+        extra_headers: Mapping[str, str] | None,
+        attempt: int,
+    ) -> requests.Response:
+        """One HTTP exchange; transport and credential failures become backend errors."""
         started = time.monotonic()
         headers = {**self._headers, **(extra_headers or {})}
         try:
@@ -207,18 +273,16 @@ class RestClient:
             raise TransientError(f"{what}: connection failed ({type(exc).__name__})") from exc
         except requests.RequestException as exc:
             raise BackendError(f"{what}: {type(exc).__name__}") from exc
+        except google.auth.exceptions.RefreshError as exc:
+            # An AuthorizedSession refreshes its token inside request(): a revoked or
+            # expired credential surfaces here. The message names no token.
+            raise AuthError(f"{what}: the credentials could not be refreshed ({exc}); "
+                            "log in again or check the service-account key") from exc
+        except google.auth.exceptions.TransportError as exc:
+            raise TransientError(f"{what}: the token endpoint could not be reached") from exc
         logger.debug("%s %s -> %d in %.3fs (attempt %d)", method, path.split("?")[0],
                      response.status_code, time.monotonic() - started, attempt)
-        if response.status_code >= 400:
-            raise error_from_response(response, what=what)
-        if not response.content:
-            return {}
-        try:
-            return response.json()
-        except (ValueError, json.JSONDecodeError) as exc:
-            # A proxy's HTML page or a truncated body: the call may have worked, so only
-            # idempotent callers retry it.
-            raise TransientError(f"{what}: the answer was not valid JSON") from exc
+        return response
 
     def close(self) -> None:
         self.session.close()

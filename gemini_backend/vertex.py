@@ -1,14 +1,458 @@
 """Vertex AI backend: Gemini supervised tuning with ``tuningJobs`` over REST.
 
-(stub: being built under issue #7)
+Service: Vertex AI (Gemini Enterprise Agent Platform) ``v1/projects/{p}/locations/{l}/
+tuningJobs`` on ``https://{location}-aiplatform.googleapis.com`` (``global`` ->
+``https://aiplatform.googleapis.com``), as described in reference/tuning_api.md section 2 and
+https://cloud.google.com/vertex-ai/generative-ai/docs/models/gemini-use-supervised-tuning.
+Datasets are JSONL files uploaded to a Cloud Storage bucket (:mod:`gemini_backend._gcs`);
+the loss curve is read from the job's TensorBoard (:mod:`gemini_backend._vertex_metrics`).
+
+Auth: google-auth OAuth with the ``cloud-platform`` scope (application default credentials or
+a service-account key file), sent by an ``AuthorizedSession``; google-auth adds
+``x-goog-user-project`` when the credentials carry a quota project. Dependencies (``requests``,
+``google-auth``) are core dependencies of the package: no extra to install.
+
+Exactly once: ``tuningJobs.create`` takes no request id, so every job carries its idempotency
+key as a label, ``submit`` looks the key up first, and a create that fails ambiguously is
+followed by a lookup, never by a blind second POST.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Collection
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from typing import Literal
 
+import requests
+from google.auth.credentials import Credentials
+from pydantic import Field
+from pydantic import ValidationError
+from pydantic import field_validator
+from pydantic import model_validator
+
+from gemini_backend._gcs import DEFAULT_STORAGE_URL
+from gemini_backend._gcs import RESUMABLE_THRESHOLD_BYTES
+from gemini_backend._gcs import GcsUploader
+from gemini_backend._google_auth import CLOUD_PLATFORM_SCOPE
+from gemini_backend._google_auth import oauth_session
+from gemini_backend._http import RestClient
+from gemini_backend._retry import Backoff
+from gemini_backend._vertex_metrics import EpochMap
+from gemini_backend._vertex_metrics import TensorboardCurveReader
+from gemini_backend._vertex_metrics import list_all
+from gemini_backend._vertex_wire import DEFAULT_BASE_MODEL
+from gemini_backend._vertex_wire import KEY_LABEL
+from gemini_backend._vertex_wire import REMOTE_STATES
+from gemini_backend._vertex_wire import TuningJobPayload
+from gemini_backend._vertex_wire import batch_size_message
+from gemini_backend._vertex_wire import examples_to_jsonl
+from gemini_backend._vertex_wire import is_gemini_model
+from gemini_backend._vertex_wire import job_labels
+from gemini_backend._vertex_wire import label_value
+from gemini_backend._vertex_wire import map_state
+from gemini_backend._vertex_wire import parse_int64
+from gemini_backend._vertex_wire import tuning_job_body
 from gemini_backend.base import BackendConfig
+from gemini_backend.base import BaseBackend
+from gemini_backend.base import Capabilities
+from gemini_backend.base import Checkpoint
+from gemini_backend.base import JobRef
+from gemini_backend.base import JobRequest
+from gemini_backend.base import JobState
+from gemini_backend.base import JobStatus
+from gemini_backend.base import check_request
+from gemini_backend.errors import AuthError
+from gemini_backend.errors import BackendError
+from gemini_backend.errors import InvalidRequestError
+from gemini_backend.errors import TransientError
+from gemini_backend.limits import limits_for
+
+logger = logging.getLogger(__name__)
+
+MULTI_REGION_HOSTS = {"us": "https://aiplatform.us.rep.googleapis.com",
+                      "eu": "https://aiplatform.eu.rep.googleapis.com"}
+GLOBAL_HOST = "https://aiplatform.googleapis.com"
+LIST_PAGE_SIZE = 100
+
+
+def vertex_base_url(location: str) -> str:
+    """The API host for ``location`` (reference section 2.1: the SDK's mapping)."""
+    if location == "global":
+        return GLOBAL_HOST
+    return MULTI_REGION_HOSTS.get(location, f"https://{location}-aiplatform.googleapis.com")
 
 
 class VertexBackendConfig(BackendConfig):
+    """The ``backend:`` section for ``kind: vertex``. ``project`` and ``bucket`` are required."""
+
     kind: Literal["vertex"] = "vertex"
+    project: str = Field(min_length=1, pattern=r"^[^/\s]+$", description="Cloud project id")
+    location: str = Field(default="us-central1", pattern=r"^[a-z0-9-]+$")
+    bucket: str = Field(min_length=3, description="Cloud Storage bucket for the JSONL files")
+    base_model: str = DEFAULT_BASE_MODEL
+    base_url: str | None = Field(default=None, pattern=r"^https?://")
+    storage_base_url: str | None = Field(default=None, pattern=r"^https?://")
+    credentials_file: Path | None = None
+    system_instruction: str | None = None
+    tuned_model_display_name_prefix: str = "gemini-sweep"
+    dataset_prefix: str = "gemini-sweep/datasets"
+    poll_interval_s: float = Field(default=60.0, gt=0)
+    max_poll_interval_s: float = Field(default=300.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    api_version: Literal["v1", "v1beta1"] = "v1"
+    resumable_threshold_bytes: int = Field(default=RESUMABLE_THRESHOLD_BYTES, gt=0)
+
+    @field_validator("bucket")
+    @classmethod
+    def _bare_bucket(cls, bucket: str) -> str:
+        name = bucket.removeprefix("gs://").rstrip("/")
+        if "/" in name or not name:
+            raise ValueError("give the bucket name only (my-bucket), not a path; objects go "
+                             "under dataset_prefix")
+        return name
+
+    @model_validator(mode="after")
+    def _interval_order(self) -> VertexBackendConfig:
+        if self.max_poll_interval_s < self.poll_interval_s:
+            raise ValueError("max_poll_interval_s must not be less than poll_interval_s")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class _Wiring:
+    """The network side, built on first use (``from_config`` must not touch the network)."""
+
+    vertex: RestClient
+    uploader: GcsUploader
+    curves: TensorboardCurveReader
+
+
+class VertexBackend(BaseBackend):
+    """Tuning jobs on Vertex AI. Thread-safe: the session and caches are shared and locked.
+
+    Args:
+        config: the validated ``backend:`` section.
+        base_dir: the config's folder; a relative ``credentials_file`` resolves against it.
+        session: a ready (authorised) ``requests.Session``, instead of building one.
+        credentials: google-auth credentials to authorise with, instead of ADC or the file.
+        sleep: injected for tests; used between retries.
+
+    Raises:
+        AuthError: on first use, when no credentials can be found.
+
+    Example:
+        >>> config = VertexBackendConfig(project="my-proj", bucket="my-bucket")
+        >>> backend = VertexBackend(config)          # no network until the first call
+    """
+
+    kind = "vertex"
+    config_model = VertexBackendConfig
+
+    def __init__(self, config: VertexBackendConfig, *, base_dir: Path = Path("."),
+                 session: requests.Session | None = None,
+                 credentials: Credentials | None = None,
+                 sleep: Any = time.sleep) -> None:
+        self.config = config
+        self._base_dir = base_dir
+        self._session = session
+        self._credentials = credentials
+        self._sleep = sleep
+        self._backoff = Backoff()
+        self._wiring: _Wiring | None = None
+        self._lock = threading.Lock()
+        v = config.api_version
+        self._parent = f"projects/{config.project}/locations/{config.location}"
+        self._jobs_path = f"{v}/{self._parent}/tuningJobs"
+
+    @classmethod
+    def from_config(cls, config: BackendConfig, *, base_dir: Path) -> VertexBackend:
+        if not isinstance(config, VertexBackendConfig):
+            config = VertexBackendConfig.model_validate(config.model_dump())
+        return cls(config, base_dir=base_dir)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        knobs = {"epochs", "learning_rate_multiplier", "adapter_size"}
+        if not is_gemini_model(self.config.base_model):
+            knobs.add("batch_size")
+        return Capabilities(
+            knobs=frozenset(knobs), has_validation_loss=True, has_checkpoints=True,
+            can_generate=True, poll_interval_s=self.config.poll_interval_s,
+            max_poll_interval_s=self.config.max_poll_interval_s,
+        )
+
+    def check_search_space(self, knobs: Collection[str]) -> None:
+        """Vertex takes ``batch_size`` only for open models, and only in ``v1beta1``."""
+        if "batch_size" in knobs and is_gemini_model(self.config.base_model):
+            raise InvalidRequestError(batch_size_message(self.config.base_model))
+        if "batch_size" in knobs and self.config.api_version == "v1":
+            raise InvalidRequestError(
+                "search_space.batch_size: batchSize exists only in the v1beta1 API; set "
+                "backend.api_version: v1beta1 to tune it for an open model"
+            )
+        super().check_search_space(knobs)
+
+    def preflight(self) -> None:
+        """Credentials, the API and the bucket, checked with two cheap reads."""
+        wiring = self._wire()
+        wiring.vertex.request("GET", self._jobs_path, what="list tuning jobs",
+                              params={"pageSize": 1})
+        wiring.uploader.check_bucket()
+
+    # --- submit / find ------------------------------------------------------------------------
+
+    def submit(self, request: JobRequest) -> JobRef:
+        if request.batch_size is not None:
+            self.check_search_space(["batch_size"])
+        check_request(request, self.capabilities)
+        train, validation = self._dataset_files(request)
+        self._body(request, "gs://check/train.jsonl", None)  # knob errors before any spend
+        existing = self.find(request.idempotency_key)
+        if existing is not None:
+            logger.info("job=%s already exists for key %s", existing.job_id,
+                        request.idempotency_key)
+            return existing
+        wiring = self._wire()
+        prefix = self.config.dataset_prefix
+        train_uri = wiring.uploader.upload_once(train, prefix=prefix)
+        val_uri = wiring.uploader.upload_once(validation, prefix=prefix) if validation else None
+        return self._create(self._body(request, train_uri, val_uri), request.idempotency_key)
+
+    def find(self, idempotency_key: str) -> JobRef | None:
+        """The job labelled with this key: listed with a label filter, matched client-side."""
+        wanted = label_value(idempotency_key)
+        params = {"filter": f'labels.{KEY_LABEL}="{wanted}"', "pageSize": LIST_PAGE_SIZE}
+        vertex = self._wire().vertex
+        try:
+            jobs = list(list_all(vertex, self._jobs_path, "tuningJobs", what="list tuning jobs",
+                                 params=params))
+        except InvalidRequestError:
+            # The label filter is not documented (reference section 2.4): fall back to all.
+            logger.warning("the label filter was refused; listing every tuning job instead")
+            jobs = list(list_all(vertex, self._jobs_path, "tuningJobs", what="list tuning jobs",
+                                 params={"pageSize": LIST_PAGE_SIZE}))
+        matches = [j for j in jobs if (j.get("labels") or {}).get(KEY_LABEL) == wanted]
+        if not matches:
+            return None
+        matches.sort(key=lambda j: str(j.get("createTime", "")))
+        if len(matches) > 1:
+            logger.warning("key %s labels %d jobs; using the first, %s", idempotency_key,
+                           len(matches), matches[0]["name"])
+        return JobRef(backend=self.kind, job_id=str(matches[0]["name"]),
+                      idempotency_key=idempotency_key)
+
+    def _create(self, body: dict[str, Any], key: str) -> JobRef:
+        """POST once; after an ambiguous failure look the key up before posting again."""
+        vertex = self._wire().vertex
+        delays = self._backoff.delays()
+        while True:
+            try:
+                job = vertex.request("POST", self._jobs_path, what="create tuning job",
+                                     json_body=body, retry=False)
+            except TransientError as error:
+                found = self.find(key)
+                if found is not None:
+                    logger.warning("job=%s was created despite: %s", found.job_id,
+                                   error.message)
+                    return found
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                logger.warning("create tuning job: %s; no job for key %s, retrying in "
+                               "%.1fs", error.message, key, delay)
+                self._sleep(max(delay, error.retry_after_s or 0.0))
+                continue
+            logger.info("job=%s submitted for key %s", job.get("name"), key)
+            return JobRef(backend=self.kind, job_id=str(job["name"]), idempotency_key=key)
+
+    # --- poll / cancel / generate -------------------------------------------------------------
+
+    def poll(self, ref: JobRef) -> JobStatus:
+        job = self._get_job(ref)
+        state = map_state(job.state, job_id=ref.job_id)
+        has_curve = state is not JobState.QUEUED and bool(job.experiment)
+        train, evals = self._wire().curves.read(job.experiment) if has_curve else ([], [])
+        checkpoints = job.tuned_model.checkpoints if job.tuned_model else []
+        epoch_map = EpochMap.build(
+            checkpoints=checkpoints, tuning_step_count=job.tuning_step_count,
+            epochs=job.epoch_count, last_step=train[-1][0] if train else None,
+            is_finished=state.is_terminal(),
+        )
+        return JobStatus(
+            state=state,
+            snapshots=epoch_map.snapshots(train, evals),
+            progress=_progress(state, train, job.tuning_step_count),
+            error_message=_error_message(job, state),
+            tuned_model=job.tuned_model.model if job.tuned_model else None,
+            checkpoints=tuple(
+                Checkpoint(checkpoint_id=c.checkpoint_id, epoch=epoch, step=parse_int64(c.step))
+                for c in checkpoints if (epoch := parse_int64(c.epoch)) is not None
+            ),
+            training_tokens=job.billable_tokens,
+        )
+
+    def cancel(self, ref: JobRef) -> None:
+        try:
+            self._wire().vertex.request("POST", f"{self._job_path(ref.job_id)}:cancel",
+                                        what="cancel tuning job", json_body={})
+        except BackendError as error:
+            if error.status_code not in (400, 409):
+                raise
+            # Vertex refuses to cancel a job that has already ended: that is not an error.
+            state = map_state(self._get_job(ref).state, job_id=ref.job_id)
+            if not state.is_terminal():
+                raise
+            logger.debug("job=%s already %s; nothing to cancel", ref.job_id, state.value)
+            return
+        logger.info("job=%s cancel requested", ref.job_id)
+
+    def generate(self, ref: JobRef, prompts: Sequence[str]) -> list[str]:
+        """Answers from the tuned model's endpoint (``:generateContent``, section 2.9)."""
+        job = self._get_job(ref)
+        endpoint = job.tuned_model.endpoint if job.tuned_model else None
+        if not endpoint:
+            raise InvalidRequestError(f"job {ref.job_id} has no tuned model endpoint yet "
+                                      f"(state {job.state}); wait until it has succeeded")
+        system = self.config.system_instruction
+        answers = []
+        for prompt in prompts:
+            body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+            if system:
+                body["systemInstruction"] = {"parts": [{"text": system}]}
+            reply = self._wire().vertex.request(
+                "POST", f"{self.config.api_version}/{endpoint}:generateContent",
+                what="generate with tuned model", json_body=body)
+            answers.append(_reply_text(reply))
+        return answers
+
+    def close(self) -> None:
+        with self._lock:
+            wiring, self._wiring = self._wiring, None
+        if wiring is not None:
+            wiring.vertex.close()  # one session, shared by both clients
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _dataset_files(self, request: JobRequest) -> tuple[bytes, bytes]:
+        """The JSONL files, checked against Vertex's limits before anything is uploaded."""
+        limits = limits_for(self.kind)
+        system = self.config.system_instruction
+        train = examples_to_jsonl(request.train, system_instruction=system)
+        validation = (examples_to_jsonl(request.validation, system_instruction=system)
+                      if request.validation else b"")
+        if limits.max_jsonl_bytes is not None and len(train) > limits.max_jsonl_bytes:
+            raise InvalidRequestError(
+                f"dataset: the training JSONL is {len(train):,} bytes; Vertex takes at most "
+                f"{limits.max_jsonl_bytes:,}. Use fewer or shorter examples")
+        cap = limits.max_validation_examples
+        if cap is not None and len(request.validation) > cap:
+            raise InvalidRequestError(
+                f"dataset.validation_split: {len(request.validation)} validation examples; "
+                f"Vertex takes at most {cap}. Lower validation_split")
+        return train, validation
+
+    def _body(self, request: JobRequest, train_uri: str, val_uri: str | None) -> dict[str, Any]:
+        adapter = request.extra_knobs.get("adapter_size")
+        try:
+            adapter_size = int(adapter) if adapter is not None else None
+        except (TypeError, ValueError):
+            raise InvalidRequestError(f"adapter_size: {adapter!r} is not a number") from None
+        prefix = self.config.tuned_model_display_name_prefix
+        return tuning_job_body(
+            base_model=request.base_model or self.config.base_model,
+            training_dataset_uri=train_uri, validation_dataset_uri=val_uri,
+            epochs=request.epochs, learning_rate_multiplier=request.learning_rate_multiplier,
+            adapter_size=adapter_size, batch_size=request.batch_size,
+            tuned_model_display_name=f"{prefix}-{request.display_name}" if prefix
+            else request.display_name,
+            labels=job_labels(request.idempotency_key, request.labels),
+        )
+
+    def _job_path(self, job_id: str) -> str:
+        if job_id.startswith("projects/"):
+            return f"{self.config.api_version}/{job_id}"
+        return f"{self._jobs_path}/{job_id}"
+
+    def _get_job(self, ref: JobRef) -> TuningJobPayload:
+        payload = self._wire().vertex.request("GET", self._job_path(ref.job_id),
+                                              what=f"get tuning job {ref.job_id}")
+        try:
+            return TuningJobPayload.model_validate(payload)
+        except ValidationError as exc:
+            raise BackendError(f"get tuning job {ref.job_id}: unexpected answer "
+                               f"({exc.error_count()} problems)") from exc
+
+    def _wire(self) -> _Wiring:
+        with self._lock:
+            if self._wiring is None:
+                self._wiring = self._build_wiring()
+            return self._wiring
+
+    def _build_wiring(self) -> _Wiring:
+        config = self.config
+        session = self._session or self._authorised_session()
+        common: dict[str, Any] = {"session": session, "timeout_s": config.timeout_s,
+                                  "backoff": self._backoff, "sleep": self._sleep}
+        vertex = RestClient(config.base_url or vertex_base_url(config.location), **common)
+        storage = RestClient(config.storage_base_url or DEFAULT_STORAGE_URL, **common)
+        uploader = GcsUploader(storage, config.bucket,
+                               resumable_threshold_bytes=config.resumable_threshold_bytes)
+        return _Wiring(vertex=vertex, uploader=uploader,
+                       curves=TensorboardCurveReader(vertex, api_version=config.api_version))
+
+    def _authorised_session(self) -> requests.Session:
+        path = self.config.credentials_file
+        if path is not None and not path.expanduser().is_absolute():
+            path = self._base_dir / path
+        try:
+            auth = oauth_session(scopes=[CLOUD_PLATFORM_SCOPE], credentials_file=path,
+                                 credentials=self._credentials)
+        except AuthError as error:
+            if path is not None or self._credentials is not None:
+                raise
+            raise AuthError(
+                "vertex: no Google Cloud credentials found; run `gcloud auth "
+                "application-default login`, or set backend.credentials_file to a "
+                "service-account key (see docs/vertex.md)") from error
+        logger.debug("vertex: authenticating with %s", auth.description)
+        return auth.session
+
+
+def _progress(state: JobState, train: list[tuple[int, float]], total: int | None) -> float | None:
+    if state is JobState.SUCCEEDED:
+        return 1.0
+    if not total or not train:
+        return None
+    return min(1.0, train[-1][0] / total)
+
+
+def _error_message(job: TuningJobPayload, state: JobState) -> str | None:
+    if job.state == "JOB_STATE_PARTIALLY_SUCCEEDED":
+        return "Vertex reports the job partially succeeded: some results may be missing"
+    if state in (JobState.FAILED, JobState.CANCELLED):
+        detail = job.error.message if job.error and job.error.message else job.state
+        return f"{job.state}: {detail}" if detail != job.state else str(job.state)
+    return None
+
+
+def _reply_text(reply: dict[str, Any]) -> str:
+    candidates = reply.get("candidates") or [{}]
+    parts = (candidates[0].get("content") or {}).get("parts") or []
+    return "".join(str(part.get("text", "")) for part in parts)
+
+
+__all__ = [
+    "DEFAULT_BASE_MODEL",
+    "REMOTE_STATES",
+    "VertexBackend",
+    "VertexBackendConfig",
+    "examples_to_jsonl",
+    "tuning_job_body",
+    "vertex_base_url",
+]

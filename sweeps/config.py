@@ -140,7 +140,7 @@ class SearchSpace(BaseModel):
             for key in data:
                 if key in CANONICAL_KNOBS:
                     continue
-                close = difflib.get_close_matches(str(key), CANONICAL_KNOBS, n=1, cutoff=0.75)
+                close = difflib.get_close_matches(str(key), CANONICAL_KNOBS, n=1, cutoff=0.8)
                 if close:
                     raise PydanticCustomError(
                         "misspelt_knob",
