@@ -199,7 +199,8 @@ class RestClient:
                 raise error_from_response(response, what=what)
             return response
 
-        return self._with_retries(what, retry, once)
+        response: requests.Response = self._with_retries(what, retry, once)
+        return response
 
     def _with_retries(self, what: str, retry: bool, call: Callable[[int], Any]) -> Any:
         """Run ``call(attempt)``, retrying ``TransientError`` on the backoff schedule."""

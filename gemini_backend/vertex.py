@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from typing import Literal
@@ -36,32 +36,32 @@ from pydantic import ValidationError
 from pydantic import field_validator
 from pydantic import model_validator
 
-from gemini_backend._gcs import DEFAULT_STORAGE_URL
 from gemini_backend._gcs import RESUMABLE_THRESHOLD_BYTES
-from gemini_backend._gcs import GcsUploader
 from gemini_backend._google_auth import CLOUD_PLATFORM_SCOPE
 from gemini_backend._google_auth import oauth_session
-from gemini_backend._http import RestClient
 from gemini_backend._retry import Backoff
-from gemini_backend._vertex_metrics import EpochMap
-from gemini_backend._vertex_metrics import TensorboardCurveReader
 from gemini_backend._vertex_metrics import list_all
+from gemini_backend._vertex_status import job_status
 from gemini_backend._vertex_wire import DEFAULT_BASE_MODEL
 from gemini_backend._vertex_wire import KEY_LABEL
 from gemini_backend._vertex_wire import REMOTE_STATES
 from gemini_backend._vertex_wire import TuningJobPayload
 from gemini_backend._vertex_wire import batch_size_message
+from gemini_backend._vertex_wire import dataset_files
 from gemini_backend._vertex_wire import examples_to_jsonl
+from gemini_backend._vertex_wire import generate_body
 from gemini_backend._vertex_wire import is_gemini_model
 from gemini_backend._vertex_wire import job_labels
 from gemini_backend._vertex_wire import label_value
 from gemini_backend._vertex_wire import map_state
-from gemini_backend._vertex_wire import parse_int64
+from gemini_backend._vertex_wire import reply_text
 from gemini_backend._vertex_wire import tuning_job_body
+from gemini_backend._vertex_wiring import Wiring
+from gemini_backend._vertex_wiring import build_wiring
+from gemini_backend._vertex_wiring import vertex_base_url
 from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
 from gemini_backend.base import Capabilities
-from gemini_backend.base import Checkpoint
 from gemini_backend.base import JobRef
 from gemini_backend.base import JobRequest
 from gemini_backend.base import JobState
@@ -75,17 +75,7 @@ from gemini_backend.limits import limits_for
 
 logger = logging.getLogger(__name__)
 
-MULTI_REGION_HOSTS = {"us": "https://aiplatform.us.rep.googleapis.com",
-                      "eu": "https://aiplatform.eu.rep.googleapis.com"}
-GLOBAL_HOST = "https://aiplatform.googleapis.com"
 LIST_PAGE_SIZE = 100
-
-
-def vertex_base_url(location: str) -> str:
-    """The API host for ``location`` (reference section 2.1: the SDK's mapping)."""
-    if location == "global":
-        return GLOBAL_HOST
-    return MULTI_REGION_HOSTS.get(location, f"https://{location}-aiplatform.googleapis.com")
 
 
 class VertexBackendConfig(BackendConfig):
@@ -124,15 +114,6 @@ class VertexBackendConfig(BackendConfig):
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class _Wiring:
-    """The network side, built on first use (``from_config`` must not touch the network)."""
-
-    vertex: RestClient
-    uploader: GcsUploader
-    curves: TensorboardCurveReader
-
-
 class VertexBackend(BaseBackend):
     """Tuning jobs on Vertex AI. Thread-safe: the session and caches are shared and locked.
 
@@ -157,14 +138,15 @@ class VertexBackend(BaseBackend):
     def __init__(self, config: VertexBackendConfig, *, base_dir: Path = Path("."),
                  session: requests.Session | None = None,
                  credentials: Credentials | None = None,
-                 sleep: Any = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
         self._base_dir = base_dir
         self._session = session
         self._credentials = credentials
         self._sleep = sleep
         self._backoff = Backoff()
-        self._wiring: _Wiring | None = None
+        self._wiring: Wiring | None = None
+        self._label_filter_works = True
         self._lock = threading.Lock()
         v = config.api_version
         self._parent = f"projects/{config.project}/locations/{config.location}"
@@ -211,7 +193,9 @@ class VertexBackend(BaseBackend):
         if request.batch_size is not None:
             self.check_search_space(["batch_size"])
         check_request(request, self.capabilities)
-        train, validation = self._dataset_files(request)
+        train, validation = dataset_files(
+            request, system_instruction=self.config.system_instruction,
+            limits=limits_for(self.kind))
         self._body(request, "gs://check/train.jsonl", None)  # knob errors before any spend
         existing = self.find(request.idempotency_key)
         if existing is not None:
@@ -230,11 +214,15 @@ class VertexBackend(BaseBackend):
         params = {"filter": f'labels.{KEY_LABEL}="{wanted}"', "pageSize": LIST_PAGE_SIZE}
         vertex = self._wire().vertex
         try:
+            if not self._label_filter_works:
+                raise InvalidRequestError("label filter refused earlier")
             jobs = list(list_all(vertex, self._jobs_path, "tuningJobs", what="list tuning jobs",
                                  params=params))
         except InvalidRequestError:
             # The label filter is not documented (reference section 2.4): fall back to all.
-            logger.warning("the label filter was refused; listing every tuning job instead")
+            if self._label_filter_works:
+                logger.warning("the label filter was refused; listing every tuning job")
+                self._label_filter_works = False
             jobs = list(list_all(vertex, self._jobs_path, "tuningJobs", what="list tuning jobs",
                                  params={"pageSize": LIST_PAGE_SIZE}))
         matches = [j for j in jobs if (j.get("labels") or {}).get(KEY_LABEL) == wanted]
@@ -277,25 +265,8 @@ class VertexBackend(BaseBackend):
         job = self._get_job(ref)
         state = map_state(job.state, job_id=ref.job_id)
         has_curve = state is not JobState.QUEUED and bool(job.experiment)
-        train, evals = self._wire().curves.read(job.experiment) if has_curve else ([], [])
-        checkpoints = job.tuned_model.checkpoints if job.tuned_model else []
-        epoch_map = EpochMap.build(
-            checkpoints=checkpoints, tuning_step_count=job.tuning_step_count,
-            epochs=job.epoch_count, last_step=train[-1][0] if train else None,
-            is_finished=state.is_terminal(),
-        )
-        return JobStatus(
-            state=state,
-            snapshots=epoch_map.snapshots(train, evals),
-            progress=_progress(state, train, job.tuning_step_count),
-            error_message=_error_message(job, state),
-            tuned_model=job.tuned_model.model if job.tuned_model else None,
-            checkpoints=tuple(
-                Checkpoint(checkpoint_id=c.checkpoint_id, epoch=epoch, step=parse_int64(c.step))
-                for c in checkpoints if (epoch := parse_int64(c.epoch)) is not None
-            ),
-            training_tokens=job.billable_tokens,
-        )
+        train, evals = self._wire().curves.read(job.experiment or "") if has_curve else ([], [])
+        return job_status(job, state, train, evals)
 
     def cancel(self, ref: JobRef) -> None:
         try:
@@ -320,16 +291,13 @@ class VertexBackend(BaseBackend):
             raise InvalidRequestError(f"job {ref.job_id} has no tuned model endpoint yet "
                                       f"(state {job.state}); wait until it has succeeded")
         system = self.config.system_instruction
-        answers = []
-        for prompt in prompts:
-            body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
-            if system:
-                body["systemInstruction"] = {"parts": [{"text": system}]}
-            reply = self._wire().vertex.request(
+        return [
+            reply_text(self._wire().vertex.request(
                 "POST", f"{self.config.api_version}/{endpoint}:generateContent",
-                what="generate with tuned model", json_body=body)
-            answers.append(_reply_text(reply))
-        return answers
+                what="generate with tuned model",
+                json_body=generate_body(prompt, system_instruction=system)))
+            for prompt in prompts
+        ]
 
     def close(self) -> None:
         with self._lock:
@@ -338,24 +306,6 @@ class VertexBackend(BaseBackend):
             wiring.vertex.close()  # one session, shared by both clients
 
     # --- helpers ------------------------------------------------------------------------------
-
-    def _dataset_files(self, request: JobRequest) -> tuple[bytes, bytes]:
-        """The JSONL files, checked against Vertex's limits before anything is uploaded."""
-        limits = limits_for(self.kind)
-        system = self.config.system_instruction
-        train = examples_to_jsonl(request.train, system_instruction=system)
-        validation = (examples_to_jsonl(request.validation, system_instruction=system)
-                      if request.validation else b"")
-        if limits.max_jsonl_bytes is not None and len(train) > limits.max_jsonl_bytes:
-            raise InvalidRequestError(
-                f"dataset: the training JSONL is {len(train):,} bytes; Vertex takes at most "
-                f"{limits.max_jsonl_bytes:,}. Use fewer or shorter examples")
-        cap = limits.max_validation_examples
-        if cap is not None and len(request.validation) > cap:
-            raise InvalidRequestError(
-                f"dataset.validation_split: {len(request.validation)} validation examples; "
-                f"Vertex takes at most {cap}. Lower validation_split")
-        return train, validation
 
     def _body(self, request: JobRequest, train_uri: str, val_uri: str | None) -> dict[str, Any]:
         adapter = request.extra_knobs.get("adapter_size")
@@ -388,28 +338,20 @@ class VertexBackend(BaseBackend):
             raise BackendError(f"get tuning job {ref.job_id}: unexpected answer "
                                f"({exc.error_count()} problems)") from exc
 
-    def _wire(self) -> _Wiring:
+    def _wire(self) -> Wiring:
         with self._lock:
             if self._wiring is None:
-                self._wiring = self._build_wiring()
+                self._wiring = build_wiring(
+                    self.config, session=self._session or self._authorised_session(),
+                    backoff=self._backoff, sleep=self._sleep)
             return self._wiring
 
-    def _build_wiring(self) -> _Wiring:
-        config = self.config
-        session = self._session or self._authorised_session()
-        common: dict[str, Any] = {"session": session, "timeout_s": config.timeout_s,
-                                  "backoff": self._backoff, "sleep": self._sleep}
-        vertex = RestClient(config.base_url or vertex_base_url(config.location), **common)
-        storage = RestClient(config.storage_base_url or DEFAULT_STORAGE_URL, **common)
-        uploader = GcsUploader(storage, config.bucket,
-                               resumable_threshold_bytes=config.resumable_threshold_bytes)
-        return _Wiring(vertex=vertex, uploader=uploader,
-                       curves=TensorboardCurveReader(vertex, api_version=config.api_version))
 
     def _authorised_session(self) -> requests.Session:
         path = self.config.credentials_file
-        if path is not None and not path.expanduser().is_absolute():
-            path = self._base_dir / path
+        if path is not None:
+            path = path.expanduser()
+            path = path if path.is_absolute() else self._base_dir / path
         try:
             auth = oauth_session(scopes=[CLOUD_PLATFORM_SCOPE], credentials_file=path,
                                  credentials=self._credentials)
@@ -422,29 +364,6 @@ class VertexBackend(BaseBackend):
                 "service-account key (see docs/vertex.md)") from error
         logger.debug("vertex: authenticating with %s", auth.description)
         return auth.session
-
-
-def _progress(state: JobState, train: list[tuple[int, float]], total: int | None) -> float | None:
-    if state is JobState.SUCCEEDED:
-        return 1.0
-    if not total or not train:
-        return None
-    return min(1.0, train[-1][0] / total)
-
-
-def _error_message(job: TuningJobPayload, state: JobState) -> str | None:
-    if job.state == "JOB_STATE_PARTIALLY_SUCCEEDED":
-        return "Vertex reports the job partially succeeded: some results may be missing"
-    if state in (JobState.FAILED, JobState.CANCELLED):
-        detail = job.error.message if job.error and job.error.message else job.state
-        return f"{job.state}: {detail}" if detail != job.state else str(job.state)
-    return None
-
-
-def _reply_text(reply: dict[str, Any]) -> str:
-    candidates = reply.get("candidates") or [{}]
-    parts = (candidates[0].get("content") or {}).get("parts") or []
-    return "".join(str(part.get("text", "")) for part in parts)
 
 
 __all__ = [
