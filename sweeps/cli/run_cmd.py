@@ -1,15 +1,127 @@
-"""`gemini-sweep run`."""
+"""`gemini-sweep run`: run or resume a sweep, with a live view of its jobs.
+
+On a terminal a rich Live panel shows trials finished / running / pruned / failed, the best
+so far and each running job's state and epoch; elsewhere (CI, a log file) the runner's log
+lines are the progress. Exit codes: 0 done, 1 stopped on failures, 2 bad config or input,
+130 interrupted (jobs in flight keep running; the same command collects them).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
+import optuna
 import typer
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
+from sweeps.cli._common import EXIT_FAILED
 from sweeps.cli._common import app
-from sweeps.cli._common import not_yet_available
+from sweeps.cli._common import console
+from sweeps.cli._common import err_console
+from sweeps.cli._common import setup_logging
+from sweeps.cli._common import user_errors
+from sweeps.config import SweepConfig
+from sweeps.config import load_config
+from sweeps.runner import ProgressCallback
+from sweeps.runner import SweepProgress
+from sweeps.runner import SweepResult
+from sweeps.runner import run_sweep
+
+_QUIET_LOGGERS = ("mlflow", "alembic", "optuna")
 
 
-@app.command("run", help="Run a sweep: submit, poll and record trials until n_trials are done.")
-def run_command(target: Path = typer.Argument(..., help="the sweep config or dataset")) -> None:
-    not_yet_available("run", 4)
+@app.command("run", help="Run a sweep: submit, poll and record trials until n_trials are done. "
+                         "Safe to stop at any time: run it again to continue.")
+def run_command(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="the sweep config (YAML)")],
+    storage: Annotated[str | None, typer.Option(
+        "--storage", help="Optuna storage URL (default: SQLite in .gemini_sweep/ next to "
+                          "the config; PostgreSQL to share a sweep between machines)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="MLflow tracking URI (default: SQLite in .gemini_sweep/)")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="debug logging")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="warnings only")] = False,
+) -> None:
+    setup_logging(verbose, quiet)
+    for name in _QUIET_LOGGERS:  # their INFO lines (table creation, new study) are noise here
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    optuna.logging.set_verbosity(logging.WARNING)
+    with user_errors():
+        config = load_config(config_path, storage=storage, tracking_uri=tracking_uri)
+        with _progress_view(is_live=err_console.is_terminal and not quiet) as on_progress:
+            result = run_sweep(config, progress=on_progress)
+    _print_summary(config_path, config, result)
+    if result.is_failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@contextmanager
+def _progress_view(*, is_live: bool) -> Iterator[ProgressCallback | None]:
+    """A rich Live panel on a terminal; nothing otherwise (log lines are the progress)."""
+    if not is_live:
+        yield None
+        return
+    with Live(console=err_console, refresh_per_second=4, transient=True) as live:
+        yield lambda progress: live.update(_render(progress))
+
+
+def _render(progress: SweepProgress) -> Group:
+    finished = progress.n_complete + progress.n_pruned + progress.n_failed
+    best = ("best: none yet" if progress.best_number is None
+            else f"best: trial {progress.best_number} = {progress.best_value:.4g}")
+    header = Text(f"trials {finished}/{progress.n_trials} finished "
+                  f"({progress.n_complete} complete, {progress.n_pruned} pruned, "
+                  f"{progress.n_failed} failed) | {len(progress.jobs)} running | {best} | "
+                  f"tokens spent {progress.spent_tokens:,.0f}, "
+                  f"committed {progress.committed_tokens:,.0f}")
+    table = Table(box=None, show_edge=False, pad_edge=False)
+    for column in ("trial", "job state", "epoch", "knobs"):
+        table.add_column(column)
+    for job in progress.jobs:
+        knobs = ", ".join(f"{k}={_short(v)}" for k, v in job.knobs.items())
+        table.add_row(str(job.number), job.state, f"{job.epoch}/{job.epochs}", knobs)
+    return Group(header, table) if progress.jobs else Group(header)
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_summary(config_path: Path, config: SweepConfig, result: SweepResult) -> None:
+    style = "bold red" if result.is_failed else "bold green"
+    console.print(f"[{style}]sweep {result.study_name} stopped:[/] {result.stop_reason}",
+                  highlight=False)
+    console.print(f"  trials: {result.n_complete} complete, {result.n_pruned} pruned, "
+                  f"{result.n_failed} failed (n_trials {result.n_trials})", highlight=False)
+    if result.best_number is not None and result.best_value is not None:
+        knobs = ", ".join(f"{k}={_short(v)}" for k, v in result.best_params.items())
+        console.print(f"  best: trial {result.best_number}, {config.objective} = "
+                      f"{result.best_value:.4g}, plateau at epoch {result.best_plateau_epoch}"
+                      f"\n        {knobs}", highlight=False)
+    cost = f" (cost {result.spent_cost:.2f})" if result.spent_cost is not None else ""
+    console.print(f"  budget: {result.spent_tokens:,.0f} training tokens spent{cost}",
+                  highlight=False)
+    if result.n_in_flight:
+        console.print(f"  [yellow]{result.n_in_flight} jobs still in flight keep running; "
+                      "run the same command again to collect them[/]", highlight=False)
+    if result.n_unrecorded:
+        console.print(f"  [yellow]{result.n_unrecorded} finished trials are not recorded in "
+                      "MLflow yet; run the same command again to record them[/]",
+                      highlight=False)
+    _print_where(config_path, config, result)
+
+
+def _print_where(config_path: Path, config: SweepConfig, result: SweepResult) -> None:
+    tracking = result.tracking_uri or config.tracking_url
+    console.print(f"  open it in MLflow: gemini-sweep ui {config_path}\n"
+                  f"                 or: mlflow ui --backend-store-uri {tracking}",
+                  highlight=False, soft_wrap=True)
+    console.print(f"  files: study {result.storage}\n"
+                  f"         state folder {config.state_dir}", highlight=False, soft_wrap=True)

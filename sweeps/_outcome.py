@@ -1,0 +1,119 @@
+"""From knobs to a job request, and from a finished job to a :class:`TrialOutcome`.
+
+Pure functions of their inputs (no Optuna storage, no backend calls), so the runner's loop
+stays a handful of named steps and these rules are tested on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import optuna
+
+from gemini_backend import CANONICAL_KNOBS
+from gemini_backend import Example
+from gemini_backend import JobRequest
+from gemini_backend import JobState
+from sweeps import budget
+from sweeps._trial_state import InFlight
+from sweeps._trial_state import TrialOutcome
+from sweeps.config import SweepConfig
+from sweeps.plateau import epoch_means
+from sweeps.plateau import find_plateau
+from sweeps.plateau import objective_value
+
+logger = logging.getLogger(__name__)
+
+TrialState = optuna.trial.TrialState
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedData:
+    """The dataset as every job of the sweep is sent it (preamble applied, split once)."""
+
+    train: tuple[Example, ...]
+    validation: tuple[Example, ...]
+    tokens_per_epoch: int
+    content_hash: str
+    preamble: str
+
+
+def build_request(
+    config: SweepConfig, data: PreparedData, job: InFlight, *, sweep_id: str
+) -> JobRequest:
+    """The job request for a trial's knobs; the same request on every retry."""
+    knobs = job.knobs
+    extra = {k: v for k, v in knobs.items() if k not in CANONICAL_KNOBS}
+    batch_size = knobs.get("batch_size")
+    return JobRequest(
+        train=data.train,
+        validation=data.validation,
+        epochs=int(knobs["epochs"]),
+        learning_rate_multiplier=float(knobs["learning_rate_multiplier"]),
+        batch_size=int(batch_size) if batch_size is not None else None,
+        base_model=config.backend.base_model or "",
+        display_name=f"{config.name} trial {job.number}",
+        idempotency_key=job.key,
+        extra_knobs=MappingProxyType(extra),
+        labels=MappingProxyType({"gemini-sweep": sweep_id[:8], "trial": str(job.number)}),
+        seed=config.dataset.seed,
+    )
+
+
+def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> TrialOutcome:
+    """What a finished job means for its trial: its state, objective value and plateau.
+
+    A job that succeeded but whose curve cannot be scored (no finite loss, no validation
+    loss for ``objective: eval_loss``) fails its trial with the reason, so it is visible.
+    """
+    train, evaluation = epoch_means(job.snapshots) if job.snapshots else ([], None)
+    tokens = budget.actual_tokens(reported=job.training_tokens, estimate=job.estimate_tokens,
+                                  epochs_completed=job.epochs_completed, epochs=job.epochs)
+    base: dict[str, Any] = dict(
+        number=job.number, knobs=dict(job.knobs), key=job.key, job_ref=job.ref,
+        snapshots=job.snapshots, train_epoch_loss=tuple(train),
+        eval_epoch_loss=tuple(evaluation) if evaluation else None, training_tokens=tokens,
+        cost=budget.cost_of(tokens, config.budget), checkpoints=job.checkpoints,
+    )
+    if job.pruned:
+        return TrialOutcome(state=TrialState.PRUNED, **base)
+    if final_state is not JobState.SUCCEEDED:
+        return TrialOutcome(state=TrialState.FAIL, fail_reason=_failure_reason(job, final_state),
+                            **base)
+    try:
+        plateau = find_plateau(train, evaluation, **config.plateau.model_dump())
+        value = objective_value(config.objective, train, evaluation, plateau)
+    except ValueError as exc:
+        return TrialOutcome(state=TrialState.FAIL,
+                            fail_reason=f"the job succeeded but its curve cannot be scored: "
+                            f"{exc}", **base)
+    if not math.isfinite(value):
+        return TrialOutcome(state=TrialState.FAIL,
+                            fail_reason=f"objective {config.objective} is not finite ({value})",
+                            **base)
+    flags = {"not_converged": plateau.not_converged, "overfitting": plateau.overfitting,
+             "spike": plateau.spike, "flat": plateau.flat}
+    return TrialOutcome(
+        state=TrialState.COMPLETE, value=value, plateau_epoch=plateau.epoch,
+        loss_at_plateau=plateau.loss, recommended_epochs=plateau.recommended_epochs,
+        flags=flags, **base,
+    )
+
+
+def _failure_reason(job: InFlight, final_state: JobState) -> str:
+    if job.error_message:
+        return job.error_message
+    if final_state is JobState.CANCELLED:
+        return "the job was cancelled outside the sweep"
+    return f"the job ended {final_state.value} without a message from the service"
+
+
+def failed_outcome(job: InFlight, reason: str) -> TrialOutcome:
+    """A trial whose job could not be submitted or vanished: FAIL with the reason."""
+    return TrialOutcome(number=job.number, state=TrialState.FAIL, knobs=dict(job.knobs),
+                        key=job.key, job_ref=job.ref, snapshots=job.snapshots,
+                        fail_reason=reason)

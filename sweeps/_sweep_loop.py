@@ -1,0 +1,293 @@
+"""The runner's loop: ask -> submit -> poll -> record -> tell, for many jobs in one thread.
+
+One pass over the jobs that are due replaces a thread per job, so one process holds hundreds
+of remote jobs. Each job's poll interval starts at the backend's and grows x1.5 while nothing
+changes, up to its cap. MLflow writes run on one writer thread; a trial is told to Optuna only
+after its run is written (invariant 2). Ctrl-C or a crash never cancels a job: the next
+``gemini-sweep run`` re-attaches from what is stored on the trials (invariant 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
+from dataclasses import dataclass
+
+import optuna
+
+from gemini_backend import BackendError
+from gemini_backend import BaseBackend
+from gemini_backend import JobNotFound
+from gemini_backend import JobState
+from gemini_backend import JobStatus
+from gemini_backend import TransientError
+from sweeps import _trial_state as ts
+from sweeps._outcome import PreparedData
+from sweeps._outcome import build_request
+from sweeps._outcome import failed_outcome
+from sweeps._outcome import outcome_of
+from sweeps._sweep_state import SweepState
+from sweeps._trial_state import InFlight
+from sweeps._trial_state import TrialOutcome
+from sweeps.config import SweepConfig
+from sweeps.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+TrialState = optuna.trial.TrialState
+_BACKOFF = 1.5
+_HEARTBEAT_EVERY_S = 60.0
+_MAX_SUBMIT_ATTEMPTS = 8
+_MAX_POLL_ERRORS = 10
+_WRITE_WAIT_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class SweepContext:
+    """What the loop works with; built once by :func:`sweeps.runner.run_sweep`."""
+
+    config: SweepConfig
+    study: optuna.Study
+    backend: BaseBackend
+    tracker: Tracker
+    data: PreparedData
+    sweep_id: str
+    worker_id: str
+
+
+class SweepLoop:
+    """Drives every trial of one process until the sweep is done or must stop."""
+
+    def __init__(self, ctx: SweepContext, state: SweepState, *,
+                 clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self.ctx = ctx
+        self.state = state
+        self._clock = clock
+        self._sleep = sleep
+        caps = ctx.backend.capabilities
+        self._base_interval_s = ctx.config.poll_interval_s or caps.poll_interval_s
+        self._max_interval_s = max(caps.max_poll_interval_s, self._base_interval_s)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-tracking")
+        self._recording: dict[int, tuple[TrialOutcome, Future[str | None]]] = {}
+        self._starting: dict[int, Future[str | None]] = {}
+        self._can_prune = not isinstance(ctx.study.pruner, optuna.pruners.NopPruner)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run_until_done(self, on_pass: Callable[[], None]) -> None:
+        """Loop until every wanted trial is told (or the sweep stops); then wait for writes."""
+        try:
+            while True:
+                self._submit_ready_trials()
+                self._poll_due_jobs()
+                self._record_finished()
+                on_pass()
+                if self._check_stop():
+                    break
+                self._sleep_until_next_poll()
+        finally:
+            # Writes already started finish (a half-written run is repaired next time anyway).
+            self._writer.shutdown(wait=True, cancel_futures=True)
+
+    def _submit_ready_trials(self) -> None:
+        while self.state.may_start_trial(len(self._recording)):
+            job = self.state.next_trial(self.ctx, self._clock())
+            if job is None:
+                return
+            self._submit(job)
+        # Asking costs tens of ms of sampler and storage work: do it before the slot frees.
+        if self.state.may_ask_ahead(len(self._recording)):
+            self.state.ask_ahead(self.ctx, self._clock())
+
+    def _poll_due_jobs(self) -> None:
+        now = self._clock()
+        for job in list(self.state.in_flight.values()):
+            is_due = job.next_poll_s <= now
+            if not is_due:
+                continue
+            if job.ref is None:
+                self._submit(job)
+                continue
+            status = self._poll(job)
+            if status is not None:
+                self._update(job, status)
+            self._heartbeat(job)
+
+    def _record_finished(self) -> None:
+        for number, (outcome, future) in list(self._recording.items()):
+            if not future.done():
+                continue
+            del self._recording[number]
+            error = future.exception()
+            if error is not None:
+                logger.error("trial=%d not recorded in MLflow (%s); it stays RUNNING in the "
+                             "study and the next `gemini-sweep run` records it", number, error)
+                self.state.unrecorded.add(number)
+                continue
+            self.state.tell(self.ctx.study, outcome, run_id=future.result())
+
+    def _check_stop(self) -> bool:
+        has_writes = bool(self._recording)
+        has_jobs = bool(self.state.in_flight)
+        if self.state.has_failed_too_often():
+            # Jobs in flight keep running; the next `run` collects them.
+            return not has_writes
+        wants_more = self.state.may_start_trial(len(self._recording))
+        return not (has_jobs or has_writes or wants_more)
+
+    def _sleep_until_next_poll(self) -> None:
+        now = self._clock()
+        next_poll_s = min((j.next_poll_s for j in self.state.in_flight.values()),
+                          default=now + self._base_interval_s)
+        delay_s = max(0.0, next_poll_s - now)
+        pending = [future for _, future in self._recording.values()]
+        if pending:
+            # A finished write frees a slot: wake for it, but keep the fake clock in step.
+            wait(pending, timeout=min(delay_s, _WRITE_WAIT_S), return_when=FIRST_COMPLETED)
+            return
+        if delay_s > 0:
+            self._sleep(delay_s)
+
+    # --- one job ------------------------------------------------------------------------------
+
+    def _submit(self, job: InFlight) -> None:
+        backend, request = self.ctx.backend, build_request(self.ctx.config, self.ctx.data, job,
+                                                           sweep_id=self.ctx.sweep_id)
+        try:
+            # After an ambiguous failure (or a crash) look the key up before submitting again.
+            ref = backend.find(job.key) if job.submit_attempts > 0 else None
+            if ref is None:
+                ref = backend.submit(request)
+        except TransientError as exc:
+            self._retry_submit_later(job, exc)
+            return
+        except BackendError as exc:
+            logger.error("trial=%d submit rejected: %s", job.number, exc.message)
+            self._finish(job, failed_outcome(job, f"submit rejected: {exc.message}"))
+            return
+        job.ref = ref
+        job.trial.set_user_attr(ts.ATTR_JOB_REF, ref.to_dict())
+        job.interval_s = self._base_interval_s
+        job.next_poll_s = self._clock() + job.interval_s
+        logger.info("trial=%d job=%s submitted: %s", job.number, ref.job_id,
+                    ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in job.knobs.items()))
+        started = self._writer.submit(self.ctx.tracker.trial_started, job.number, job.knobs,
+                                      job.key, ref.to_dict())
+        started.add_done_callback(_warn_if_failed)
+        self._starting[job.number] = started
+
+    def _retry_submit_later(self, job: InFlight, exc: TransientError) -> None:
+        job.submit_attempts += 1
+        if job.submit_attempts >= _MAX_SUBMIT_ATTEMPTS:
+            logger.error("trial=%d submit failed %d times: %s", job.number,
+                         job.submit_attempts, exc.message)
+            self._finish(job, failed_outcome(job, f"submit failed: {exc.message}"))
+            return
+        delay_s = exc.retry_after_s or min(self._max_interval_s,
+                                           self._base_interval_s * 2 ** job.submit_attempts)
+        job.next_poll_s = self._clock() + delay_s
+        logger.warning("trial=%d submit failed (%s); retrying in %.1fs", job.number,
+                       exc.message, delay_s)
+
+    def _poll(self, job: InFlight) -> JobStatus | None:
+        assert job.ref is not None
+        try:
+            status = self.ctx.backend.poll(job.ref)
+        except JobNotFound as exc:
+            self._finish(job, failed_outcome(job, f"job {job.ref.job_id} vanished: "
+                                                  f"{exc.message}"))
+            return None
+        except BackendError as exc:
+            job.poll_errors += 1
+            is_hopeless = not exc.retryable and job.poll_errors >= _MAX_POLL_ERRORS
+            if is_hopeless:
+                self._finish(job, failed_outcome(job, f"polling failed: {exc.message}"))
+                return None
+            job.interval_s = min(self._max_interval_s, job.interval_s * 2)
+            retry_after_s = getattr(exc, "retry_after_s", None)
+            job.next_poll_s = self._clock() + (retry_after_s or job.interval_s)
+            logger.warning("trial=%d job=%s poll failed (%s); next try in %.1fs", job.number,
+                           job.ref.job_id, exc.message, job.next_poll_s - self._clock())
+            return None
+        job.poll_errors = 0
+        return status
+
+    def _update(self, job: InFlight, status: JobStatus) -> None:
+        has_news = (len(status.snapshots) != len(job.snapshots)
+                    or status.state is not job.last_state)
+        job.snapshots, job.last_state = status.snapshots, status.state
+        job.training_tokens = status.training_tokens
+        job.error_message = status.error_message
+        job.checkpoints = status.checkpoints
+        job.interval_s = (self._base_interval_s if has_news
+                          else min(self._max_interval_s, job.interval_s * _BACKOFF))
+        job.next_poll_s = self._clock() + job.interval_s
+        is_terminal = status.state.is_terminal()
+        should_prune = self._report_epochs(job, is_terminal=is_terminal)
+        # Cancelled by our pruner in a process that died before recording it: still pruned.
+        was_pruned_before = (status.state is JobState.CANCELLED and bool(job.reported_epochs)
+                             and self._can_prune and job.trial.should_prune())
+        job.pruned = job.pruned or was_pruned_before
+        if is_terminal:
+            self._finish(job, outcome_of(self.ctx.config, job, final_state=status.state))
+        elif should_prune:
+            self._prune(job)
+
+    def _report_epochs(self, job: InFlight, *, is_terminal: bool) -> bool:
+        """Report each newly ended epoch's loss; True when the pruner wants the trial gone."""
+        use_eval = bool(self.ctx.data.validation)
+        losses = ts.completed_epoch_losses(job.snapshots, is_terminal=is_terminal,
+                                           use_eval=use_eval)
+        new_epochs = [e for e in sorted(losses) if e not in job.reported_epochs]
+        for epoch in new_epochs:
+            job.trial.report(losses[epoch], epoch)
+            job.reported_epochs.add(epoch)
+        return bool(new_epochs) and self._can_prune and job.trial.should_prune()
+
+    def _prune(self, job: InFlight) -> None:
+        assert job.ref is not None
+        for attempt in range(3):
+            try:
+                self.ctx.backend.cancel(job.ref)
+                break
+            except TransientError as exc:
+                logger.warning("trial=%d job=%s cancel failed (%s)", job.number,
+                               job.ref.job_id, exc.message)
+                self._sleep(0.5 * (attempt + 1))
+        try:  # the points reported up to the cancel belong in the record too
+            job.snapshots = self.ctx.backend.poll(job.ref).snapshots or job.snapshots
+        except BackendError as exc:
+            logger.debug("trial=%d final poll after cancel failed: %s", job.number, exc)
+        logger.info("trial=%d job=%s pruned after epoch %d", job.number, job.ref.job_id,
+                    max(job.reported_epochs))
+        job.pruned = True
+        self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
+
+    def _finish(self, job: InFlight, outcome: TrialOutcome) -> None:
+        self.state.job_finished(job, outcome)
+        starting = self._starting.pop(job.number, None)
+        if starting is not None:
+            starting.cancel()  # still queued: the record creates the run anyway
+        future = self._writer.submit(self.ctx.tracker.record_trial, outcome)
+        self._recording[job.number] = (outcome, future)
+
+    def _heartbeat(self, job: InFlight) -> None:
+        now = self._clock()
+        if now - job.last_heartbeat_s >= _HEARTBEAT_EVERY_S and job.number in \
+                self.state.in_flight:
+            job.trial.set_user_attr(ts.ATTR_HEARTBEAT, time.time())
+            job.last_heartbeat_s = now
+
+
+def _warn_if_failed(future: Future[str | None]) -> None:
+    """A run not created at submit is created when the trial is recorded: only warn."""
+    error = None if future.cancelled() else future.exception()
+    if error is not None:
+        logger.warning("MLflow run not created at submit (%s); it is created when the trial "
+                       "is recorded", error)

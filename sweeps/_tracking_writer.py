@@ -1,0 +1,180 @@
+"""Low-level MLflow writes that can be repeated safely: find-or-create, write-missing-only.
+
+Every function here is idempotent, so a sweep that crashed in the middle of writing a run
+repairs it on the next ``gemini-sweep run`` without duplicating anything: runs are found
+again by tags before one is created, and metric points are compared by step with what the
+store already holds before the missing ones are sent with ``log_batch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.entities import Param
+from mlflow.entities import Run
+from mlflow.entities import RunStatus
+from mlflow.entities import RunTag
+
+from sweeps.errors import TrackingError
+
+logger = logging.getLogger(__name__)
+
+#: MLflow's per-call limits (mlflow/utils/validation.py).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_VALUE_CHARS = 6000
+
+TAG_ROLE = "gemini_sweep.role"
+TAG_SWEEP_ID = "gemini_sweep.sweep_id"
+TAG_TRIAL = "gemini_sweep.trial"
+
+T = TypeVar("T")
+
+
+def with_retries(
+    what: str, action: Callable[[], T], *, attempts: int = 3, first_delay_s: float = 0.5
+) -> T:
+    """Run ``action``; on an error retry with backoff, then raise :class:`TrackingError`."""
+    delay_s = first_delay_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:  # MLflow raises many types (SQL, HTTP, OS): all retried
+            if attempt == attempts:
+                raise TrackingError(f"MLflow: {what} failed after {attempts} attempts: "
+                                    f"{exc}") from exc
+            logger.warning("MLflow: %s failed (attempt %d of %d), retrying in %.1fs: %s",
+                           what, attempt, attempts, delay_s, exc)
+            time.sleep(delay_s)
+            delay_s *= 2
+    raise AssertionError("unreachable")
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Artifacts next to a local SQLite store (``<db folder>/mlartifacts``); a tracking
+    server chooses its own location (None)."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "sqlite":
+        return None
+    # sqlite:////abs/path.db -> /abs/path.db; sqlite:///rel.db is relative to the cwd.
+    db_path = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (db_path.parent / "mlartifacts").resolve().as_uri()
+
+
+def prepare_sqlite_store(tracking_uri: str) -> None:
+    """Switch a local SQLite store to WAL (persistent in the file) before MLflow opens it:
+    commits then append to a log instead of rewriting pages, and readers (the MLflow UI)
+    do not block the sweep's writes."""
+    if urlparse(tracking_uri).scheme != "sqlite":
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def ensure_experiment(client: MlflowClient, name: str, *, artifact_root: str | None) -> str:
+    """The id of experiment ``name``, created (with its artifact folder) or restored."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = f"{artifact_root}/{name}" if artifact_root else None
+        return client.create_experiment(name, artifact_location=location)
+    if experiment.lifecycle_stage == "deleted":
+        logger.warning("MLflow experiment %r was deleted; restoring it for this sweep", name)
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def find_runs(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> list[Run]:
+    """Every active run of the experiment carrying all ``tags`` (all pages)."""
+    conditions = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    runs: list[Run] = []
+    page_token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=" and ".join(conditions),
+                                  max_results=1000, page_token=page_token,
+                                  order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        page_token = page.token
+        if not page_token:
+            return runs
+
+
+def missing_params(run: Run, params: Mapping[str, object]) -> list[Param]:
+    """The params the run does not have yet (MLflow params cannot change once written)."""
+    present = run.data.params
+    missing = []
+    for key, value in params.items():
+        text = str(value)[:MAX_PARAM_VALUE_CHARS]
+        if key not in present:
+            missing.append(Param(key, text))
+        elif present[key] != text:
+            logger.warning("MLflow run %s: param %s is %r but the sweep now says %r; "
+                           "params cannot change, keeping the first", run.info.run_id, key,
+                           present[key], text)
+    return missing
+
+
+def missing_points(
+    client: MlflowClient, run: Run, key: str, points: Iterable[tuple[int, float | None]]
+) -> list[Metric]:
+    """The (step, value) points of ``key`` the run does not hold yet.
+
+    Comparing by step makes a repeated write (after a crash mid-way) add only what is
+    missing, never a duplicate point. The history is read only when the run has the key.
+    """
+    present: set[int] = set()
+    if key in run.data.metrics:
+        present = {metric.step for metric in client.get_metric_history(run.info.run_id, key)}
+    now_ms = int(time.time() * 1000)
+    return [Metric(key, _finite_or_nan(value), now_ms, step)
+            for step, value in points if step not in present]
+
+
+def log_batch(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    metrics: Sequence[Metric] = (),
+    params: Sequence[Param] = (),
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """One ``log_batch`` call per MLflow limit's worth (1,000 metrics, 100 params/tags)."""
+    tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
+    small = [*params, *tag_list]
+    n_calls = max(math.ceil(len(metrics) / MAX_METRICS_PER_BATCH),
+                  math.ceil(len(small) / MAX_PARAMS_PER_BATCH))
+    for call in range(n_calls):
+        chunk = metrics[call * MAX_METRICS_PER_BATCH:(call + 1) * MAX_METRICS_PER_BATCH]
+        extra = small[call * MAX_PARAMS_PER_BATCH:(call + 1) * MAX_PARAMS_PER_BATCH]
+        client.log_batch(run_id, metrics=chunk,
+                         params=[e for e in extra if isinstance(e, Param)],
+                         tags=[e for e in extra if isinstance(e, RunTag)])
+
+
+def _finite_or_nan(value: float | None) -> float:
+    # A failed trial's metric is NaN, never None (optuna #863): MLflow rejects None.
+    return float("nan") if value is None else float(value)
+
+
+def set_status(client: MlflowClient, run: Run, status: str) -> None:
+    """Move the run to ``status`` (RUNNING, FINISHED, KILLED, FAILED) if it is not there."""
+    if run.info.status == status:
+        return
+    if status == RunStatus.to_string(RunStatus.RUNNING):
+        client.update_run(run.info.run_id, status=status)
+    else:
+        client.set_terminated(run.info.run_id, status=status)

@@ -1,0 +1,142 @@
+"""What the runner stores on an Optuna trial, and what it keeps about a job in flight.
+
+The Optuna storage is the single source of truth for a sweep: everything a restarted
+``gemini-sweep run`` needs to re-attach to a job (its idempotency key, its job reference) is a
+trial user attribute, written before (key) and right after (job reference) the submit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import optuna
+
+from gemini_backend import Checkpoint
+from gemini_backend import JobRef
+from gemini_backend import JobState
+from gemini_backend import LossSnapshot
+
+# User attribute names (the trial's record; `export` and `status` read them too).
+ATTR_KEY = "idempotency_key"
+ATTR_JOB_REF = "job_ref"
+ATTR_KNOBS = "knobs"
+ATTR_ESTIMATE = "estimated_training_tokens"
+ATTR_WORKER = "worker"
+ATTR_HEARTBEAT = "heartbeat"
+ATTR_FAIL_REASON = "fail_reason"
+ATTR_RUN_ID = "mlflow_run_id"
+#: Study user attribute: a random id that makes idempotency keys unique to this study.
+STUDY_ATTR_SWEEP_ID = "gemini_sweep.sweep_id"
+
+
+def idempotency_key(study_name: str, sweep_id: str, trial_number: int) -> str:
+    """The key a trial's job is submitted under: the same on every retry and restart."""
+    return f"{study_name}-{sweep_id[:8]}-t{trial_number}"
+
+
+def stored_job_ref(trial: optuna.trial.FrozenTrial) -> JobRef | None:
+    data = trial.user_attrs.get(ATTR_JOB_REF)
+    return JobRef.from_dict(data) if isinstance(data, dict) else None
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A trial the runner is driving, from submit to tell. Mutable: the runner's own state.
+
+    ``ref`` is None while the submit has not succeeded yet (retrying a transient error).
+    """
+
+    trial: optuna.trial.Trial
+    knobs: dict[str, Any]
+    key: str
+    estimate_tokens: int
+    ref: JobRef | None = None
+    next_poll_s: float = 0.0
+    interval_s: float = 1.0
+    submit_attempts: int = 0
+    poll_errors: int = 0
+    last_state: JobState = JobState.QUEUED
+    snapshots: tuple[LossSnapshot, ...] = ()
+    training_tokens: int | None = None
+    error_message: str | None = None
+    checkpoints: tuple[Checkpoint, ...] = ()
+    reported_epochs: set[int] = field(default_factory=set)
+    pruned: bool = False
+    last_heartbeat_s: float = -math.inf
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def epochs(self) -> int:
+        return int(self.knobs["epochs"])
+
+    @property
+    def epochs_completed(self) -> int:
+        return max((s.epoch for s in self.snapshots), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class TrialOutcome:
+    """A finished trial, as the tracker records it and the study is told."""
+
+    number: int
+    state: optuna.trial.TrialState
+    knobs: dict[str, Any]
+    key: str
+    job_ref: JobRef | None
+    snapshots: tuple[LossSnapshot, ...]
+    train_epoch_loss: tuple[float, ...] = ()
+    eval_epoch_loss: tuple[float, ...] | None = None
+    value: float | None = None
+    plateau_epoch: int | None = None
+    loss_at_plateau: float | None = None
+    recommended_epochs: int | None = None
+    flags: dict[str, bool] = field(default_factory=dict)
+    training_tokens: int = 0
+    cost: float | None = None
+    fail_reason: str | None = None
+    checkpoints: tuple[Checkpoint, ...] = ()
+
+    def summary_attrs(self) -> dict[str, Any]:
+        """What is stored on the Optuna trial when it is told."""
+        attrs: dict[str, Any] = {
+            "training_tokens": self.training_tokens,
+            "epochs_completed": max((s.epoch for s in self.snapshots), default=0),
+        }
+        if self.cost is not None:
+            attrs["cost"] = self.cost
+        if self.plateau_epoch is not None:
+            attrs["plateau_epoch"] = self.plateau_epoch
+            attrs["recommended_epochs"] = self.recommended_epochs or self.plateau_epoch
+            attrs["loss_at_plateau"] = self.loss_at_plateau
+            attrs["flags"] = dict(self.flags)
+        if self.fail_reason:
+            attrs[ATTR_FAIL_REASON] = self.fail_reason
+        if self.checkpoints:
+            attrs["checkpoints"] = [{"checkpoint_id": c.checkpoint_id, "epoch": c.epoch,
+                                     "step": c.step} for c in self.checkpoints]
+        return attrs
+
+
+def completed_epoch_losses(
+    snapshots: Sequence[LossSnapshot], *, is_terminal: bool, use_eval: bool
+) -> dict[int, float]:
+    """The loss of each epoch that has ended: eval loss when validating, else the epoch's
+    mean train loss. An epoch has ended when a later one started or the job is terminal."""
+    last_epoch = max((s.epoch for s in snapshots), default=0)
+    train: dict[int, list[float]] = {}
+    evals: dict[int, float] = {}
+    for snap in snapshots:
+        train.setdefault(snap.epoch, []).append(snap.loss)
+        if snap.eval_loss is not None:
+            evals[snap.epoch] = snap.eval_loss
+    ended = [e for e in sorted(train) if e < last_epoch or is_terminal]
+    if use_eval:
+        return {e: evals[e] for e in ended if e in evals}
+    return {e: sum(train[e]) / len(train[e]) for e in ended}

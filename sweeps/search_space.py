@@ -1,0 +1,137 @@
+"""The config's search space as Optuna sees it: suggestions, sampler and pruner factories.
+
+A knob held at one value (``{value: 4}``) is not an Optuna parameter: it would add a constant
+column to every plot and importance table. Its value comes from the config each time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import optuna
+
+from sweeps.config import Choices
+from sweeps.config import Fixed
+from sweeps.config import FloatRange
+from sweeps.config import HyperbandPrunerConfig
+from sweeps.config import IntRange
+from sweeps.config import KnobSpec
+from sweeps.config import MedianPrunerConfig
+from sweeps.config import PatientPrunerConfig
+from sweeps.config import SamplerConfig
+from sweeps.config import SearchSpace
+from sweeps.config import SweepConfig
+from sweeps.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def knob_names(space: SearchSpace) -> list[str]:
+    """Every knob the sweep sends to the backend (searched or fixed)."""
+    return list(space.knobs())
+
+
+def suggest_knobs(trial: optuna.trial.BaseTrial, space: SearchSpace) -> dict[str, Any]:
+    """The trial's value for every knob. Safe to call again on a resumed trial: Optuna
+    returns the values already stored instead of sampling new ones."""
+    knobs: dict[str, Any] = {}
+    for name, spec in space.knobs().items():
+        knobs[name] = _suggest(trial, name, spec)
+    return knobs
+
+
+def _suggest(trial: optuna.trial.BaseTrial, name: str, spec: KnobSpec) -> Any:
+    if isinstance(spec, Fixed):
+        return spec.value
+    if isinstance(spec, Choices):
+        return trial.suggest_categorical(name, spec.choices)
+    if isinstance(spec, IntRange):
+        return trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
+    if isinstance(spec, FloatRange):
+        return trial.suggest_float(name, spec.low, spec.high, log=spec.log)
+    raise ConfigError(f"search_space.{name}: unsupported knob shape {type(spec).__name__}")
+
+
+def min_epochs(space: SearchSpace) -> int:
+    """The fewest epochs any trial can ask for (the cheapest possible trial, for the budget)."""
+    spec = space.epochs
+    if isinstance(spec, Fixed):
+        return int(spec.value)
+    if isinstance(spec, Choices):
+        return int(min(int(c) for c in spec.choices))
+    return int(spec.low)
+
+
+def max_epochs(space: SearchSpace) -> int:
+    """The most epochs any trial can ask for (Hyperband's maximum resource)."""
+    spec = space.epochs
+    if isinstance(spec, Fixed):
+        return int(spec.value)
+    if isinstance(spec, Choices):
+        return int(max(int(c) for c in spec.choices))
+    return int(spec.high)
+
+
+def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
+    """The sampler the config names, seeded when ``sampler.seed`` is set."""
+    sampler: SamplerConfig = config.sampler
+    if sampler.kind == "random":
+        return optuna.samplers.RandomSampler(seed=sampler.seed)
+    if sampler.kind == "grid":
+        return _AskTellGridSampler(_grid(config.search_space), seed=sampler.seed)
+    if sampler.kind == "gp":
+        return optuna.samplers.GPSampler(seed=sampler.seed,
+                                         n_startup_trials=sampler.n_startup_trials or 10)
+    if sampler.kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=sampler.seed,
+                                            n_startup_trials=sampler.n_startup_trials or 1)
+    return optuna.samplers.TPESampler(seed=sampler.seed,
+                                      n_startup_trials=sampler.n_startup_trials or 10)
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for ask-and-tell: Optuna's calls ``study.stop()`` once the grid is used
+    up, which raises outside ``study.optimize``; the runner stops at the grid size itself."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
+def _grid(space: SearchSpace) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for name, spec in space.knobs().items():
+        if isinstance(spec, Fixed):
+            continue
+        if isinstance(spec, Choices):
+            grid[name] = list(spec.choices)
+        elif isinstance(spec, IntRange) and not spec.log:
+            grid[name] = list(range(spec.low, spec.high + 1, spec.step))
+        else:
+            raise ConfigError(
+                f"search_space.{name}: the grid sampler needs a finite set of values; "
+                "give {choices: [...]} or a linear integer range"
+            )
+    return grid
+
+
+def grid_size(space: SearchSpace) -> int:
+    """How many distinct points a grid over ``space`` has."""
+    return math.prod(len(values) for values in _grid(space).values())
+
+
+def make_pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
+    """The pruner the config names. Steps are epochs (1-based)."""
+    pruner = config.pruner
+    if isinstance(pruner, MedianPrunerConfig):
+        return optuna.pruners.MedianPruner(n_startup_trials=pruner.n_startup_trials,
+                                           n_warmup_steps=pruner.n_warmup_steps)
+    if isinstance(pruner, PatientPrunerConfig):
+        return optuna.pruners.PatientPruner(None, patience=pruner.patience,
+                                            min_delta=pruner.min_delta)
+    if isinstance(pruner, HyperbandPrunerConfig):
+        return optuna.pruners.HyperbandPruner(min_resource=pruner.min_resource,
+                                              max_resource=max_epochs(config.search_space),
+                                              reduction_factor=pruner.reduction_factor)
+    return optuna.pruners.NopPruner()
