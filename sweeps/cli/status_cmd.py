@@ -1,15 +1,149 @@
-"""`gemini-sweep status`."""
+"""`gemini-sweep status`: a sweep's trials, its best trial and the budget spent.
+
+Reads only the Optuna study (no backend call, no MLflow), so it is cheap to run while a
+sweep is in progress, from any machine that reaches the storage.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
+from typing import Any
 
 import typer
+from rich import box
+from rich.table import Table
 
+from sweeps.cli._common import EXIT_BAD_INPUT
 from sweeps.cli._common import app
-from sweeps.cli._common import not_yet_available
+from sweeps.cli._common import console
+from sweeps.cli._common import err_console
+from sweeps.cli._common import user_errors
+from sweeps.config import load_config
+from sweeps.results import SweepResults
+from sweeps.results import TrialRecord
+from sweeps.results import collect_results
+from sweeps.results import config_results
+from sweeps.results import load_study
+
+_JOB_COLUMN_MIN_WIDTH = 110
+_HEADERS = {"learning_rate_multiplier": "lr mult", "batch_size": "batch"}
+_STATE_STYLES = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}
 
 
 @app.command("status", help="Show a sweep's trials, the best one and the budget spent.")
-def status_command(target: Path = typer.Argument(..., help="the sweep config or dataset")) -> None:
-    not_yet_available("status", 5)
+def status_command(
+    config_path: Annotated[Path | None, typer.Argument(
+        metavar="[CONFIG]", help="the sweep config (or give --study and --storage)")] = None,
+    study: Annotated[str | None, typer.Option(
+        "--study", help="the sweep (study) name, with --storage")] = None,
+    storage: Annotated[str | None, typer.Option(
+        "--storage", help="the Optuna storage URL, e.g. sqlite:///.gemini_sweep/optuna.db")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+) -> None:
+    with user_errors():
+        results = _results(config_path, study=study, storage=storage)
+    if as_json:
+        typer.echo(json.dumps(results.to_dict(), indent=2, ensure_ascii=False))
+        return
+    # Job ids are long: on a narrow terminal they are left to `--json`.
+    console.print(trials_table(results, show_job=console.width >= _JOB_COLUMN_MIN_WIDTH))
+    _print_best(results)
+    _print_budget(results)
+
+
+def _results(config_path: Path | None, *, study: str | None,
+             storage: str | None) -> SweepResults:
+    if config_path is not None:
+        config = load_config(config_path, storage=storage)
+        if study is not None and study != config.name:
+            config = config.model_copy(update={"name": study})
+        return config_results(config)
+    if study is None or storage is None:
+        err_console.print("error: give a sweep CONFIG, or both --study NAME and --storage URL",
+                          markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    return collect_results(load_study(study_name=study, storage=storage), storage=storage)
+
+
+def trials_table(results: SweepResults, *, show_job: bool = True) -> Table:
+    """One row per trial: knobs, job, plateau epoch, objective, tokens and cost."""
+    knob_names = _knob_names(results.trials)
+    table = Table(title=f"sweep {results.study_name} ({results.storage})", box=box.SIMPLE_HEAD)
+    fixed = {"justify": "right", "no_wrap": True}
+    table.add_column("#", **fixed)
+    table.add_column("state", no_wrap=True)
+    for name in knob_names:
+        table.add_column(_HEADERS.get(name, name), **fixed)
+    if show_job:
+        table.add_column("job", no_wrap=True)
+    table.add_column("plateau", **fixed)
+    table.add_column("objective", **fixed)
+    table.add_column("tokens", **fixed)
+    table.add_column("cost", **fixed)
+    best_number = results.best.number if results.best else None
+    for trial in results.trials:
+        mark = " *" if trial.number == best_number else ""
+        style = _STATE_STYLES.get(trial.state, "")
+        table.add_row(
+            f"{trial.number}{mark}", f"[{style}]{trial.state}[/]" if style else trial.state,
+            *[_fmt(trial.knobs.get(name)) for name in knob_names],
+            *([_short(trial.job_id)] if show_job else []), _fmt(trial.plateau_epoch),
+            _fmt(trial.value),
+            _tokens(trial), _fmt(trial.cost),
+        )
+    return table
+
+
+def _print_best(results: SweepResults) -> None:
+    best = results.best
+    if best is None:
+        console.print("best: no trial has completed yet", markup=False)
+        return
+    knobs = ", ".join(f"{k}={_fmt(v)}" for k, v in best.knobs.items())
+    flags = [name for name, is_set in best.flags.items() if is_set]
+    console.print(f"best: trial {best.number} objective {_fmt(best.value)} ({knobs}); "
+                  f"plateau at epoch {_fmt(best.plateau_epoch)}"
+                  + (f" [{', '.join(flags)}]" if flags else ""), markup=False,
+                  highlight=False)
+
+
+def _print_budget(results: SweepResults) -> None:
+    text = (f"budget: {results.spent_tokens:,.0f} training tokens spent, "
+            f"{results.committed_tokens:,.0f} committed to jobs in flight")
+    if results.token_limit is not None:
+        text += f", limit {results.token_limit:,.0f}"
+    if results.spent_cost is not None:
+        text += f"; cost {results.spent_cost:,.4g}"
+    console.print(text, markup=False, highlight=False)
+
+
+def _knob_names(trials: tuple[TrialRecord, ...]) -> list[str]:
+    names: list[str] = []
+    for trial in trials:
+        names += [name for name in trial.knobs if name not in names]
+    return names
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _tokens(trial: TrialRecord) -> str:
+    if trial.training_tokens is not None:
+        return f"{trial.training_tokens:,}"
+    if trial.estimated_tokens is not None:
+        return f"~{trial.estimated_tokens:,}"
+    return "-"
+
+
+def _short(job_id: str | None, *, width: int = 24) -> str:
+    if not job_id:
+        return "-"
+    return job_id if len(job_id) <= width else "…" + job_id[-(width - 1):]

@@ -1,0 +1,336 @@
+"""Export a sweep's best trial as a configuration ready to submit.
+
+The best trial is the best COMPLETE one (ties: fewer training tokens, see
+:func:`sweeps.results.pick_best`); pruned, failed and cancelled trials are never exported,
+because a cancelled job's model quality is unpredictable. ``epochs`` is set to the epoch the
+loss curve plateaus at (or more, when the curve had not converged), and every note the user
+needs to trust that number comes with it.
+
+Formats: ``yaml``/``json`` (knobs, dataset hash and preamble, study and run ids, plateau and
+flags, objective), ``gemini-api`` (the exact ``tunedModels`` create body), ``vertex`` (the
+exact ``tuningJobs`` create body), ``python`` (a runnable requests + google-auth script) and
+``curl``. The bodies come from the backends' own wire functions, so an export is what the
+backend would send. No secret is ever written: keys are read from the environment by the
+snippets, and storage passwords are hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from dataclasses import field
+from types import MappingProxyType
+from typing import Any
+from typing import Literal
+
+import yaml
+
+from gemini_backend import JobRequest
+from gemini_backend._gcs import object_name
+from gemini_backend._vertex_wire import is_gemini_model
+from gemini_backend.gemini_api import DEFAULT_BASE_MODEL as GEMINI_API_BASE_MODEL
+from gemini_backend.gemini_api import tuned_model_body
+from gemini_backend.gemini_api import tuned_model_id
+from gemini_backend.vertex import DEFAULT_BASE_MODEL as VERTEX_BASE_MODEL
+from gemini_backend.vertex import examples_to_jsonl
+from gemini_backend.vertex import tuning_job_body
+from sweeps import _export_snippets as snippets
+from sweeps.config import SweepConfig
+from sweeps.dataset import Dataset
+from sweeps.dataset import load_dataset
+from sweeps.errors import SweepError
+from sweeps.results import SweepResults
+from sweeps.results import TrialRecord
+
+logger = logging.getLogger(__name__)
+
+ExportFormat = Literal["yaml", "json", "gemini-api", "vertex", "python", "curl"]
+EXPORT_FORMATS: tuple[str, ...] = ("yaml", "json", "gemini-api", "vertex", "python", "curl")
+_GEMINI_TARGET_KINDS = ("gemini-api",)
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """How many epochs to tune for, and why (``notes`` are sentences for the user)."""
+
+    epochs: int
+    epochs_run: int
+    plateau_epoch: int | None
+    loss_at_plateau: float | None
+    flags: dict[str, bool]
+    checkpoint_id: str | None
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BestConfig:
+    """The best trial of a sweep, with the knobs to submit (``epochs`` as recommended)."""
+
+    study_name: str
+    sweep_id: str | None
+    storage: str
+    trial: TrialRecord
+    knobs: dict[str, Any]
+    objective: str
+    backend_kind: str
+    base_model: str | None
+    dataset_path: str
+    dataset_hash: str
+    preamble: str
+    validation_split: float
+    seed: int
+    recommendation: Recommendation
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``yaml``/``json`` export: everything needed to reproduce and trust the pick."""
+        rec = self.recommendation
+        return {
+            "knobs": dict(self.knobs),
+            "knobs_run": dict(self.trial.knobs),
+            "objective": {"name": self.objective, "value": self.trial.value},
+            "plateau": {"epoch": rec.plateau_epoch, "loss": rec.loss_at_plateau,
+                        "recommended_epochs": rec.epochs, "epochs_run": rec.epochs_run,
+                        "flags": dict(rec.flags), "checkpoint_id": rec.checkpoint_id},
+            "notes": list(rec.notes),
+            "dataset": {"path": self.dataset_path, "content_hash": self.dataset_hash,
+                        "preamble": self.preamble, "validation_split": self.validation_split,
+                        "seed": self.seed},
+            "backend": {"kind": self.backend_kind, "base_model": self.base_model},
+            "study": {"name": self.study_name, "sweep_id": self.sweep_id,
+                      "storage": self.storage},
+            "trial": {"number": self.trial.number, "mlflow_run_id": self.trial.mlflow_run_id,
+                      "job_id": self.trial.job_id, "training_tokens": self.trial.training_tokens,
+                      "cost": self.trial.cost},
+        }
+
+
+def recommend(trial: TrialRecord) -> Recommendation:
+    """Epochs to set: the plateau epoch (more if the curve was still falling), with notes."""
+    epochs_run = int(trial.knobs.get("epochs") or trial.epochs_completed or 1)
+    plateau = trial.plateau_epoch
+    epochs = trial.recommended_epochs or plateau or epochs_run
+    flags = dict(trial.flags)
+    checkpoint = _checkpoint_of(trial, plateau)
+    notes: list[str] = []
+    if plateau is not None:
+        loss = f" (smoothed loss {trial.loss_at_plateau:.4g})" if trial.loss_at_plateau \
+            is not None else ""
+        notes.append(f"epochs = {epochs}: the loss curve of trial {trial.number} plateaus at "
+                     f"epoch {plateau}{loss}; the trial ran {epochs_run} epochs.")
+    else:
+        notes.append(f"epochs = {epochs}: no plateau was recorded; kept the epochs it ran.")
+    if flags.get("not_converged"):
+        notes.append(f"not converged: the loss was still falling at epoch {epochs_run}; "
+                     f"use more epochs ({epochs} recommended) and check the curve again.")
+    if flags.get("overfitting"):
+        notes.append(f"overfitting: the validation loss rises after epoch {plateau}; do not "
+                     "train longer than the plateau epoch.")
+    if flags.get("spike"):
+        notes.append("spike: the curve has a loss spike; check the data or lower the "
+                     "learning_rate_multiplier.")
+    if flags.get("flat"):
+        notes.append("flat: the loss hardly moved; the model may already do this task, or "
+                     "the learning rate is too low.")
+    if plateau is not None and plateau != epochs_run:
+        notes.append(_schedule_note(plateau, epochs_run, checkpoint))
+    return Recommendation(epochs=int(epochs), epochs_run=epochs_run, plateau_epoch=plateau,
+                          loss_at_plateau=trial.loss_at_plateau, flags=flags,
+                          checkpoint_id=checkpoint, notes=tuple(notes))
+
+
+def _schedule_note(plateau: int, epochs_run: int, checkpoint: str | None) -> str:
+    note = (f"the plateau epoch ({plateau}) differs from the epochs the job ran ({epochs_run}):"
+            f" the service's learning-rate schedule may make epoch {plateau} of a "
+            f"{epochs_run}-epoch job differ from a {plateau}-epoch job.")
+    if checkpoint:
+        return note + (f" On Vertex, checkpoint {checkpoint} of the tuned model is epoch "
+                       f"{plateau}: deploy it instead of tuning again.")
+    return note + (" Where the service keeps per-epoch checkpoints (Vertex), deploying the "
+                   "plateau epoch's checkpoint of the original job avoids that difference.")
+
+
+def _checkpoint_of(trial: TrialRecord, epoch: int | None) -> str | None:
+    for checkpoint in trial.checkpoints:
+        if epoch is not None and checkpoint.get("epoch") == epoch:
+            return str(checkpoint.get("checkpoint_id") or "") or None
+    return None
+
+
+def best_config(config: SweepConfig, results: SweepResults) -> BestConfig:
+    """The best trial of the sweep, ready to export.
+
+    Raises:
+        SweepError: no trial has completed (pruned, failed and running ones do not count).
+    """
+    best = results.best
+    if best is None:
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in results.counts().items())
+        raise SweepError(f"sweep {results.study_name!r}: no trial has completed yet "
+                         f"({counts or 'no trials'}); pruned, failed and cancelled trials are "
+                         "never exported. Run `gemini-sweep run CONFIG` until one completes")
+    rec = recommend(best)
+    dataset = load_sweep_dataset(config)
+    return BestConfig(
+        study_name=results.study_name, sweep_id=results.sweep_id, storage=results.storage,
+        trial=best, knobs={**best.knobs, "epochs": rec.epochs}, objective=config.objective,
+        backend_kind=config.backend.kind, base_model=config.backend.base_model,
+        dataset_path=str(config.dataset_path), dataset_hash=dataset.content_hash,
+        preamble=dataset.preamble, validation_split=config.dataset.validation_split,
+        seed=config.dataset.seed, recommendation=rec,
+    )
+
+
+def load_sweep_dataset(config: SweepConfig) -> Dataset:
+    """The sweep's dataset, validated as the sweep did (against its backend's limits)."""
+    return load_dataset(config.dataset_path, preamble=config.dataset.preamble,
+                        backend=config.backend.kind)
+
+
+def _request(config: SweepConfig, best: BestConfig, *, base_model: str) -> JobRequest:
+    """The job request of the exported config: the sweep's training split, preamble applied."""
+    dataset = load_sweep_dataset(config)
+    train, validation = dataset.split(best.validation_split, best.seed)
+    knobs = best.knobs
+    batch_size = knobs.get("batch_size")
+    extra = {k: v for k, v in knobs.items()
+             if k not in ("epochs", "batch_size", "learning_rate_multiplier")}
+    return JobRequest(
+        train=dataset.prepared(train), validation=dataset.prepared(validation),
+        epochs=int(knobs["epochs"]),
+        learning_rate_multiplier=float(knobs.get("learning_rate_multiplier", 1.0)),
+        batch_size=int(batch_size) if batch_size is not None else None,
+        base_model=base_model, display_name=f"{best.study_name} best t{best.trial.number}",
+        idempotency_key=export_key(best), extra_knobs=MappingProxyType(extra),
+    )
+
+
+def export_key(best: BestConfig) -> str:
+    """A stable key for the exported job, so a repeated create finds the first one."""
+    return f"{best.study_name}-best-t{best.trial.number}"
+
+
+def gemini_api_body(config: SweepConfig, best: BestConfig, *,
+                    base_model: str | None = None) -> dict[str, Any]:
+    """The exact ``tunedModels.create`` body of the best config (section 1.5)."""
+    model = base_model or _base_model_for(config, "gemini-api") or GEMINI_API_BASE_MODEL
+    learning_rate = getattr(config.backend, "use_learning_rate", None)
+    return tuned_model_body(_request(config, best, base_model=model),
+                            learning_rate=learning_rate)
+
+
+@dataclass(frozen=True, slots=True)
+class VertexExport:
+    """A ``tuningJobs.create`` body and the JSONL files it names (upload them first)."""
+
+    body: dict[str, Any]
+    files: dict[str, bytes]  # gs:// URI -> file content
+    notes: tuple[str, ...] = ()
+
+
+def vertex_export(config: SweepConfig, best: BestConfig, *,
+                  base_model: str | None = None) -> VertexExport:
+    """The exact ``tuningJobs.create`` body (section 2.4), with content-addressed dataset
+    URIs: the same names the Vertex backend uploads to, so a sweep's files are reused."""
+    model = base_model or _base_model_for(config, "vertex") or VERTEX_BASE_MODEL
+    request = _request(config, best, base_model=model)
+    system = getattr(config.backend, "system_instruction", None)
+    train = examples_to_jsonl(request.train, system_instruction=system)
+    validation = examples_to_jsonl(request.validation, system_instruction=system) \
+        if request.validation else b""
+    bucket = getattr(config.backend, "bucket", None) or "YOUR_BUCKET"
+    prefix = getattr(config.backend, "dataset_prefix", "gemini-sweep/datasets")
+    files = {f"gs://{bucket}/{object_name(train, prefix=prefix)}": train}
+    val_uri = f"gs://{bucket}/{object_name(validation, prefix=prefix)}" if validation else None
+    if val_uri:
+        files[val_uri] = validation
+    adapter = request.extra_knobs.get("adapter_size")
+    drops_batch = request.batch_size is not None and is_gemini_model(model)
+    notes = (f"batch_size {request.batch_size} is left out: Vertex takes a batch size only "
+             f"for open models and picks one for {model}.",) if drops_batch else ()
+    body = tuning_job_body(
+        base_model=model, training_dataset_uri=next(iter(files)),
+        validation_dataset_uri=val_uri, epochs=request.epochs,
+        learning_rate_multiplier=request.learning_rate_multiplier,
+        adapter_size=int(adapter) if adapter is not None else None,
+        # Vertex takes a batch size only for open models; it picks one for Gemini.
+        batch_size=None if drops_batch else request.batch_size,
+        tuned_model_display_name=request.display_name,
+    )
+    return VertexExport(body=body, files=files, notes=notes)
+
+
+def render(config: SweepConfig, best: BestConfig, fmt: str, *,
+           base_model: str | None = None) -> str:
+    """The export text in ``fmt`` (one of :data:`EXPORT_FORMATS`).
+
+    Raises:
+        SweepError: an unknown format.
+    """
+    if fmt == "yaml":
+        return yaml.safe_dump(best.to_dict(), sort_keys=False, allow_unicode=True)
+    if fmt == "json":
+        return json.dumps(best.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    if fmt == "gemini-api":
+        return _json(gemini_api_body(config, best, base_model=base_model))
+    if fmt == "vertex":
+        return _json(vertex_export(config, best, base_model=base_model).body)
+    if fmt in ("python", "curl"):
+        return _snippet(config, best, fmt, base_model=base_model)
+    raise SweepError(f"--format {fmt!r}: unknown; choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+def targets_vertex(config: SweepConfig) -> bool:
+    """Whether ``python``/``curl`` exports call Vertex (a vertex sweep) or the Gemini API."""
+    return config.backend.kind == "vertex"
+
+
+def _snippet(config: SweepConfig, best: BestConfig, fmt: str, *,
+             base_model: str | None) -> str:
+    header = snippets.Header(study=best.study_name, trial=best.trial.number,
+                             notes=best.recommendation.notes)
+    if targets_vertex(config):
+        export = vertex_export(config, best, base_model=base_model)
+        target = snippets.VertexTarget(
+            project=getattr(config.backend, "project", "YOUR_PROJECT"),
+            location=getattr(config.backend, "location", "us-central1"),
+            api_version=getattr(config.backend, "api_version", "v1"),
+            files=tuple(export.files))
+        make = snippets.vertex_python if fmt == "python" else snippets.vertex_curl
+        return make(header, target, export.body)
+    body = gemini_api_body(config, best, base_model=base_model)
+    target_api = snippets.GeminiApiTarget(
+        base_url=getattr(config.backend, "base_url", None) or snippets.GEMINI_API_URL,
+        model_id=tuned_model_id(export_key(best)),
+        key_envs=_key_envs(config))
+    make_api = snippets.gemini_api_python if fmt == "python" else snippets.gemini_api_curl
+    return make_api(header, target_api, body)
+
+
+def _key_envs(config: SweepConfig) -> tuple[str, ...]:
+    named = getattr(config.backend, "api_key_env", None)
+    return (named,) if named else ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+def _base_model_for(config: SweepConfig, kind: str) -> str | None:
+    return config.backend.base_model if config.backend.kind == kind else None
+
+
+def _json(body: dict[str, Any]) -> str:
+    return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
+
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "BestConfig",
+    "ExportFormat",
+    "Recommendation",
+    "VertexExport",
+    "best_config",
+    "gemini_api_body",
+    "recommend",
+    "render",
+    "targets_vertex",
+    "vertex_export",
+]

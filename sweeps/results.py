@@ -1,0 +1,246 @@
+"""A sweep's results read back from its Optuna study: one record per trial, the best one, spend.
+
+What ``gemini-sweep status``, ``export`` and ``report`` show. Everything comes from the
+trial user attributes the runner writes (:mod:`sweeps._trial_state`), so the results of a
+sweep run on another machine (PostgreSQL storage) read the same. Nothing here talks to a
+backend or to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy.engine import make_url
+
+from sweeps import _trial_state as ts
+from sweeps.budget import token_limit
+from sweeps.config import BudgetConfig
+from sweeps.config import SweepConfig
+from sweeps.errors import SweepError
+
+logger = logging.getLogger(__name__)
+
+TrialState = optuna.trial.TrialState
+
+# Summary attributes of ``TrialOutcome.summary_attrs()`` (the runner has no constants for
+# these yet; the names must stay in step with it).
+ATTR_TRAINING_TOKENS = "training_tokens"
+ATTR_EPOCHS_COMPLETED = "epochs_completed"
+ATTR_PLATEAU_EPOCH = "plateau_epoch"
+ATTR_RECOMMENDED_EPOCHS = "recommended_epochs"
+ATTR_LOSS_AT_PLATEAU = "loss_at_plateau"
+ATTR_FLAGS = "flags"
+ATTR_COST = "cost"
+#: Vertex checkpoints ``[{"checkpoint_id", "epoch", "step"}]``, if the runner stores them.
+ATTR_CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True, slots=True)
+class TrialRecord:
+    """One trial as the user sees it. ``state`` is Optuna's name (COMPLETE, PRUNED, ...)."""
+
+    number: int
+    state: str
+    knobs: dict[str, Any]
+    value: float | None = None
+    job_id: str | None = None
+    idempotency_key: str | None = None
+    plateau_epoch: int | None = None
+    recommended_epochs: int | None = None
+    loss_at_plateau: float | None = None
+    flags: dict[str, bool] = field(default_factory=dict)
+    epochs_completed: int | None = None
+    training_tokens: int | None = None
+    estimated_tokens: int | None = None
+    cost: float | None = None
+    fail_reason: str | None = None
+    mlflow_run_id: str | None = None
+    checkpoints: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state == TrialState.COMPLETE.name
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["checkpoints"] = list(self.checkpoints)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResults:
+    """A sweep's trials, its best trial and its spend (committed = jobs still in flight)."""
+
+    study_name: str
+    storage: str
+    sweep_id: str | None
+    trials: tuple[TrialRecord, ...]
+    best: TrialRecord | None
+    spent_tokens: float
+    committed_tokens: float
+    token_limit: float | None = None
+    spent_cost: float | None = None
+
+    def counts(self) -> dict[str, int]:
+        """How many trials are in each state, e.g. ``{"COMPLETE": 5, "PRUNED": 2}``."""
+        counts: dict[str, int] = {}
+        for trial in self.trials:
+            counts[trial.state] = counts.get(trial.state, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view for ``gemini-sweep status --json``."""
+        return {
+            "study_name": self.study_name,
+            "storage": self.storage,
+            "sweep_id": self.sweep_id,
+            "counts": self.counts(),
+            "best": self.best.to_dict() if self.best else None,
+            "budget": {"spent_tokens": self.spent_tokens,
+                       "committed_tokens": self.committed_tokens,
+                       "token_limit": self.token_limit, "spent_cost": self.spent_cost},
+            "trials": [trial.to_dict() for trial in self.trials],
+        }
+
+
+def load_study(*, study_name: str, storage: str) -> optuna.Study:
+    """Open an existing sweep's study read-only in spirit (nothing is written).
+
+    Raises:
+        SweepError: the storage cannot be opened or holds no study of that name; the
+            message names both (password hidden) and the studies that do exist.
+    """
+    shown = redact_url(storage)
+    db_file = Path(storage.removeprefix("sqlite:///")) if storage.startswith("sqlite:///") \
+        else None
+    if db_file is not None and not db_file.is_file():
+        # Opening would create an empty database: say plainly that nothing ran here yet.
+        raise SweepError(f"storage {shown}: no such file; run `gemini-sweep run CONFIG` first")
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    except Exception as exc:  # SQLAlchemy and Optuna raise many types for a bad URL
+        raise SweepError(f"storage {shown}: cannot be opened ({exc})") from None
+    if study_name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise SweepError(f"storage {shown}: no sweep named {study_name!r} (sweeps there: "
+                         f"{known}); run `gemini-sweep run CONFIG` first")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def load_config_study(config: SweepConfig) -> optuna.Study:
+    """The study of a sweep config (``config.name`` on ``config.storage_url``)."""
+    return load_study(study_name=config.name, storage=config.storage_url)
+
+
+def trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
+    """What the runner stored on ``trial``, as a :class:`TrialRecord`."""
+    attrs = trial.user_attrs
+    ref = ts.stored_job_ref(trial)
+    flags = attrs.get(ATTR_FLAGS)
+    checkpoints = attrs.get(ATTR_CHECKPOINTS)
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name,
+        knobs=dict(attrs.get(ts.ATTR_KNOBS) or trial.params),
+        value=trial.value if trial.state is TrialState.COMPLETE else None,
+        job_id=ref.job_id if ref else None,
+        idempotency_key=attrs.get(ts.ATTR_KEY),
+        plateau_epoch=_int_or_none(attrs.get(ATTR_PLATEAU_EPOCH)),
+        recommended_epochs=_int_or_none(attrs.get(ATTR_RECOMMENDED_EPOCHS)),
+        loss_at_plateau=_float_or_none(attrs.get(ATTR_LOSS_AT_PLATEAU)),
+        flags={str(k): bool(v) for k, v in flags.items()} if isinstance(flags, dict) else {},
+        epochs_completed=_int_or_none(attrs.get(ATTR_EPOCHS_COMPLETED)),
+        training_tokens=_int_or_none(attrs.get(ATTR_TRAINING_TOKENS)),
+        estimated_tokens=_int_or_none(attrs.get(ts.ATTR_ESTIMATE)),
+        cost=_float_or_none(attrs.get(ATTR_COST)),
+        fail_reason=attrs.get(ts.ATTR_FAIL_REASON),
+        mlflow_run_id=attrs.get(ts.ATTR_RUN_ID),
+        checkpoints=tuple(c for c in checkpoints if isinstance(c, dict))
+        if isinstance(checkpoints, list) else (),
+    )
+
+
+def pick_best(records: Iterable[TrialRecord]) -> TrialRecord | None:
+    """The best COMPLETE trial: lowest objective, ties broken by fewer training tokens.
+
+    Pruned, failed and running trials never count: a cancelled job's model quality is
+    unpredictable (the tuning guide), and a failed one has no model.
+    """
+    complete = [r for r in records
+                if r.is_complete and r.value is not None and math.isfinite(r.value)]
+    if not complete:
+        return None
+    return min(complete, key=lambda r: (r.value, r.training_tokens or 0, r.number))
+
+
+def collect_results(study: optuna.Study, *, storage: str = "",
+                    budget: BudgetConfig | None = None) -> SweepResults:
+    """Every trial of ``study`` as a record, the best one and the tokens spent/committed."""
+    records = tuple(trial_record(t) for t in study.get_trials(deepcopy=False))
+    spent = float(sum(r.training_tokens or 0 for r in records if r.state != "RUNNING"))
+    committed = float(sum(r.estimated_tokens or 0 for r in records if r.state == "RUNNING"))
+    costs = [r.cost for r in records if r.cost is not None]
+    return SweepResults(
+        study_name=study.study_name, storage=redact_url(storage) if storage else "",
+        sweep_id=study.user_attrs.get(ts.STUDY_ATTR_SWEEP_ID), trials=records,
+        best=pick_best(records), spent_tokens=spent, committed_tokens=committed,
+        token_limit=token_limit(budget) if budget else None,
+        spent_cost=sum(costs) if costs else None,
+    )
+
+
+def config_results(config: SweepConfig) -> SweepResults:
+    """The results of the sweep a config describes.
+
+    Raises:
+        SweepError: the sweep has not been run yet (or its storage is unreachable).
+    """
+    study = load_config_study(config)
+    return collect_results(study, storage=config.storage_url, budget=config.budget)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password hidden (PostgreSQL URLs may carry one)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: show only its scheme
+        return url.split("://", 1)[0] + "://***"
+
+
+def _int_or_none(value: object) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or_none(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = [
+    "SweepResults",
+    "TrialRecord",
+    "collect_results",
+    "config_results",
+    "load_config_study",
+    "load_study",
+    "pick_best",
+    "redact_url",
+    "trial_record",
+]
