@@ -8,6 +8,7 @@ section is validated by the model of the backend its ``kind`` selects.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated
 from typing import Any
@@ -227,8 +228,19 @@ class HyperbandPrunerConfig(_Strict):
     reduction_factor: int = Field(default=3, ge=2)
 
 
+class SuccessiveHalvingPrunerConfig(_Strict):
+    """Asynchronous successive halving on the per-epoch loss: a hopeless job is cancelled
+    (stopping type: jobs can never be paused), never before ``min_epochs``."""
+
+    kind: Literal["successive_halving"]
+    min_epochs: int = Field(default=1, ge=1, description="epochs before any cancel")
+    reduction_factor: int = Field(default=3, ge=2)
+    min_early_stopping_rate: int = Field(default=0, ge=0)
+
+
 PrunerConfig = Annotated[
-    NoPruner | MedianPrunerConfig | PatientPrunerConfig | HyperbandPrunerConfig,
+    NoPruner | MedianPrunerConfig | PatientPrunerConfig | HyperbandPrunerConfig
+    | SuccessiveHalvingPrunerConfig,
     Field(discriminator="kind"),
 ]
 
@@ -269,7 +281,47 @@ class DatasetConfig(_Strict):
     seed: int = 0
 
 
-Objective = Literal["plateau_loss", "final_loss", "eval_loss"]
+class EvaluationConfig(_Strict):
+    """Held-out evaluation of each succeeded job's tuned model on the validation split.
+
+    ``metrics`` are ``exact_match``, ``chrf`` or a user function given as an import path
+    ``"package.module:function"`` taking ``(prediction, expected)`` and returning a float; its
+    objective name is ``eval:<function>``.
+    """
+
+    enabled: bool = False
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match", "chrf"], min_length=1)
+    max_examples: int = Field(default=50, ge=1)
+    concurrency: int = Field(default=4, ge=1, description="generation requests in flight")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        for metric in metrics:
+            if metric not in BUILTIN_METRICS and not _IMPORT_PATH.match(metric):
+                raise ValueError(
+                    f"unknown metric {metric!r}: use {', '.join(BUILTIN_METRICS)} or an import "
+                    "path 'package.module:function'"
+                )
+        return metrics
+
+    def objective_names(self) -> list[str]:
+        """The objective each metric provides: ``eval_exact_match``, ``eval:<function>``."""
+        return [f"eval_{m}" if m in BUILTIN_METRICS else f"eval:{m.rpartition(':')[2]}"
+                for m in self.metrics]
+
+
+BUILTIN_METRICS = ("exact_match", "chrf")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: Objectives computed from the loss curve; minimized.
+LOSS_OBJECTIVES = ("plateau_loss", "final_loss", "eval_loss")
+
+
+def is_score_objective(name: str) -> bool:
+    """Evaluation scores (``eval_exact_match``, ``eval:<custom>``) are maximized; losses and
+    cost are minimized."""
+    is_builtin_score = name.startswith("eval_") and name not in LOSS_OBJECTIVES
+    return is_builtin_score or name.startswith("eval:")
 
 
 class SweepConfig(_Strict):
@@ -283,10 +335,22 @@ class SweepConfig(_Strict):
     pruner: PrunerConfig = NoPruner()
     n_trials: int = Field(default=10, ge=1)
     concurrency: int = Field(default=1, ge=1)
-    objective: Objective = "plateau_loss"
+    objective: str | list[str] = "plateau_loss"
+    evaluation: EvaluationConfig = EvaluationConfig()
     plateau: PlateauConfig = PlateauConfig()
     budget: BudgetConfig = BudgetConfig()
     max_consecutive_failures: int = Field(default=3, ge=1)
+    study_concurrency: int | None = Field(
+        default=None, ge=1, description="jobs in flight across all workers of the study")
+    lease_s: float = Field(
+        default=300.0, gt=0, description="a running trial whose worker has not written a "
+        "heartbeat for this long is taken over by another worker")
+    warm_start: list[str] = Field(
+        default_factory=list, description="earlier sweeps (a config path or a study name in "
+        "this storage) whose trials on the same dataset seed the sampler")
+    cost_tolerance: float = Field(
+        default=0.02, ge=0.0, description="status/export also show the cheapest trial within "
+        "this fraction of the best objective")
     poll_interval_s: float | None = Field(default=None, gt=0)
     storage: str | None = None
     tracking_uri: str | None = None
@@ -307,6 +371,34 @@ class SweepConfig(_Strict):
         except BackendError as exc:
             raise ValueError(exc.message) from None
         return model.model_validate(value)
+
+    @model_validator(mode="after")
+    def _objective_is_known(self) -> SweepConfig:
+        names = [self.objective] if isinstance(self.objective, str) else list(self.objective)
+        if isinstance(self.objective, list) and (len(names) != 2 or names[1] != "cost"):
+            raise ValueError("a multi-objective is [<quality objective>, cost], e.g. "
+                             "[eval_exact_match, cost]")
+        quality = names[0]
+        eval_names = self.evaluation.objective_names() if self.evaluation.enabled else []
+        if quality not in LOSS_OBJECTIVES and quality not in eval_names:
+            hint = ("; eval_* objectives need evaluation: {enabled: true, metrics: [...]}"
+                    if quality.startswith("eval") else "")
+            raise ValueError(
+                f"unknown objective {quality!r}: use one of "
+                f"{', '.join(LOSS_OBJECTIVES + tuple(eval_names))}{hint}"
+            )
+        return self
+
+    @property
+    def objectives(self) -> list[str]:
+        """The objective names, the quality one first (``cost`` second when multi-objective)."""
+        return [self.objective] if isinstance(self.objective, str) else list(self.objective)
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna directions: losses and cost are minimized, evaluation scores maximized."""
+        return ["maximize" if is_score_objective(name) else "minimize"
+                for name in self.objectives]
 
     # Resolved locations -------------------------------------------------------------------
 
