@@ -9,6 +9,8 @@ from sweeps.errors import ConfigError
 from sweeps.errors import DatasetError
 from sweeps.errors import SweepError
 from sweeps.errors import TrackingError
+from sweeps.runner import SweepResult
+from sweeps.runner import run_sweep
 
 __all__ = [
     "BudgetExhausted",
@@ -20,4 +22,6 @@ __all__ = [
     "TrackingError",
     "load_config",
     "load_dataset",
+    "run_sweep",
+    "SweepResult",
 ]
