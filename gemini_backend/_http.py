@@ -216,7 +216,7 @@ class RestClient:
                     raise
                 if error.retry_after_s is not None:
                     delay = max(delay, error.retry_after_s)
-                logger.warning("%s: %s; retrying in %.1fs (attempt %d)", what, error.message,
+                logger.warning("%s; retrying in %.1fs (attempt %d)", error.message,
                                delay, attempt)
                 self._sleep(delay)
 

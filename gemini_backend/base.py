@@ -42,7 +42,7 @@ from gemini_backend.errors import InvalidRequestError
 CANONICAL_KNOBS = ("epochs", "batch_size", "learning_rate_multiplier")
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a tuning job is in its life."""
 
     QUEUED = "QUEUED"
@@ -178,6 +178,8 @@ class Capabilities:
         can_generate: ``generate`` works on a succeeded job's tuned model.
         poll_interval_s: a sensible first interval between polls of one job.
         max_poll_interval_s: the cap the interval backs off to for long jobs.
+        max_epochs: the most epochs one job may run, when the backend has a limit (the
+            replay backend's longest recorded curve).
     """
 
     knobs: frozenset[str]
@@ -186,6 +188,7 @@ class Capabilities:
     can_generate: bool = False
     poll_interval_s: float = 5.0
     max_poll_interval_s: float = 60.0
+    max_epochs: int | None = None
 
 
 class BackendConfig(BaseModel):
@@ -264,7 +267,21 @@ class BaseBackend(abc.ABC):
                 f"{', '.join(unknown)}; it takes {', '.join(sorted(self.capabilities.knobs))}"
             )
 
-    def preflight(self) -> None:
+    def check_epochs(self, highest: int) -> None:
+        """Reject, before any trial, a search space asking for more epochs than a job may run.
+
+        Raises:
+            InvalidRequestError: naming the limit.
+        """
+        limit = self.capabilities.max_epochs
+        if limit is not None and highest > limit:
+            raise InvalidRequestError(
+                f"search_space.epochs: the {self.kind or type(self).__name__} backend runs at "
+                f"most {limit} epochs, but the search space asks for up to {highest}; lower "
+                "the epochs' high (or max) to at most that"
+            )
+
+    def preflight(self) -> None:  # noqa: B027  (an optional hook: most backends need none)
         """Checks that need the service (credentials, a tunable base model), run once before
         the first trial so a sweep that cannot work fails before spending anything."""
 
@@ -272,7 +289,7 @@ class BaseBackend(abc.ABC):
         """The tuned model's answers to ``prompts`` (for held-out evaluation)."""
         raise BackendError(f"the {self.kind or type(self).__name__} backend cannot generate text")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (an optional hook)
         """Release sessions and files. Idempotent."""
 
     def __enter__(self) -> BaseBackend:
@@ -296,6 +313,11 @@ def check_request(request: JobRequest, capabilities: Capabilities) -> None:
         raise InvalidRequestError(
             "learning_rate_multiplier: must be greater than 0, "
             f"got {request.learning_rate_multiplier}"
+        )
+    if capabilities.max_epochs is not None and request.epochs > capabilities.max_epochs:
+        raise InvalidRequestError(
+            f"epochs: this backend runs at most {capabilities.max_epochs} epochs, "
+            f"got {request.epochs}"
         )
     if request.batch_size is not None and request.batch_size < 1:
         raise InvalidRequestError(f"batch_size: must be at least 1, got {request.batch_size}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import reprlib
 from pathlib import Path
 
 from gemini_backend.base import BackendConfig
@@ -16,6 +17,9 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "vertex": "gemini_backend.vertex:VertexBackend",
     "replay": "gemini_backend.replay:ReplayBackend",
 }
+# A kind is user input: quote it in messages, shortened (it may be a 100,000-character typo).
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 120
 
 
 def backend_class(kind: str) -> type[BaseBackend]:
@@ -25,22 +29,28 @@ def backend_class(kind: str) -> type[BaseBackend]:
         InvalidRequestError: the kind is neither, or the class cannot be imported.
     """
     target = BUILTIN_BACKENDS.get(kind, kind)
+    shown = _SHORT.repr(kind)
     if ":" not in target:
         raise InvalidRequestError(
-            f"unknown backend kind {kind!r}: use one of {sorted(BUILTIN_BACKENDS)} "
+            f"unknown backend kind {shown}: use one of {sorted(BUILTIN_BACKENDS)} "
             "or an import path 'package.module:Class'"
         )
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:
+        # Not only ImportError: a relative path ('.x:Y') raises TypeError, an empty one (':Y')
+        # ValueError, and a third-party module may raise anything while it is imported.
+        reason = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
         raise InvalidRequestError(
-            f"backend kind {kind!r}: cannot import module {module_name!r} ({exc})"
+            f"backend kind {shown}: cannot import module {_SHORT.repr(module_name)} "
+            f"({_SHORT.repr(reason)[1:-1]}); use 'package.module:Class'"
         ) from exc
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseBackend)):
         raise InvalidRequestError(
-            f"backend kind {kind!r}: {target!r} is not a subclass of gemini_backend.BaseBackend"
+            f"backend kind {shown}: {_SHORT.repr(target)} is not a subclass of "
+            "gemini_backend.BaseBackend"
         )
     return cls
 

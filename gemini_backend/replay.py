@@ -143,6 +143,7 @@ class ReplayBackend(BaseBackend):
             ),
             poll_interval_s=min(MAX_POLL_INTERVAL_S, max(MIN_POLL_INTERVAL_S, interval_s)),
             max_poll_interval_s=MAX_POLL_INTERVAL_S,
+            max_epochs=max(record.max_epochs for record in self._records),
         )
 
     # --- the BaseBackend interface ---------------------------------------------------------

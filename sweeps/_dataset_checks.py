@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gemini_backend import DatasetLimits
 from gemini_backend import Example
@@ -25,6 +27,10 @@ MAX_WARNINGS_PER_KIND = 20
 # A "label:" at the start of a line, as in "question: ...\ncontext: ...". The colon must be
 # followed by a space or the line end, so times (10:30) and URLs (http://) do not count.
 _LABEL = re.compile(r"^[ \t]*([A-Za-z][A-Za-z0-9 _-]{0,24}):(?=[ \t]|$)", re.MULTILINE)
+
+
+_KEY_REPR = reprlib.Repr()
+_KEY_REPR.maxstring = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +52,7 @@ def check_record(record: RawRecord, limits: DatasetLimits, *,
     if not isinstance(data, dict):
         return None, [f'{where}: must be an object with "text_input" and "output", '
                       f"got {json_type(data)}"]
-    problems = [f'{where}: {key}: unknown field; an example has only "text_input" and '
-                '"output"' for key in data if key not in FIELDS]
+    problems = _unknown_fields(where, data) + _unencodable_fields(where, data)
     output = data.get("output")
     if output is None or (isinstance(output, str) and not output.strip()):
         problems.append(f"{where}: output: missing or empty")
@@ -67,6 +72,39 @@ def check_record(record: RawRecord, limits: DatasetLimits, *,
     if problems or not isinstance(output, str):
         return None, problems
     return Example(output=output, text_input=text_input), []
+
+
+def _unknown_fields(where: str, data: dict[str, Any]) -> list[str]:
+    return [f'{where}: {_show_key(key)}: unknown field; an example has only "text_input" '
+            'and "output"' for key in data if key not in FIELDS]
+
+
+def _show_key(key: str) -> str:
+    # A plain key reads as itself; any other (blank, with a newline, huge) is quoted and
+    # shortened, so the problem stays one readable line.
+    is_plain = key.isidentifier() and len(key) <= _KEY_REPR.maxstring
+    return key if is_plain else _KEY_REPR.repr(key)
+
+
+def _unencodable_fields(where: str, data: dict[str, Any]) -> list[str]:
+    """A JSON escape of half a surrogate pair (``"\\ud800"``) loads as a str that UTF-8
+    cannot encode, so no service (and no content hash) could take it."""
+    problems = []
+    for field in FIELDS:
+        value = data.get(field)
+        if isinstance(value, str) and not is_encodable(value):
+            problems.append(f"{where}: {field}: contains an unpaired surrogate (a "
+                            "\\ud800-\\udfff escape without its pair); fix the escape")
+    return problems
+
+
+def is_encodable(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no unpaired surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _over_limit(where: str, field: str, n_chars: int, limit: int | None, *,

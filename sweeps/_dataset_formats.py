@@ -25,6 +25,10 @@ from typing import Any
 FIELDS = ("text_input", "output")
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv")
 _BOM = b"\xef\xbb\xbf"
+#: Byte order marks of the encodings users most often save by mistake; UTF-32 first, since
+#: the UTF-32-LE mark starts with the UTF-16-LE one.
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+               (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,9 @@ def read_records(path: Path) -> ReadResult:
     except OSError as exc:
         return ReadResult((), (f"{label}: cannot be read ({exc.strerror or exc})",))
     raw = raw.removeprefix(_BOM)
+    wrong_encoding = _other_bom_problem(raw, label)
+    if wrong_encoding:
+        return ReadResult((), (wrong_encoding,), len(raw))
     if suffix == ".jsonl":
         records, problems = _read_jsonl(raw, label)
     else:
@@ -81,6 +88,15 @@ def json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return "string" if isinstance(value, str) else type(value).__name__
+
+
+def _other_bom_problem(raw: bytes, label: str) -> str | None:
+    """One clear line for a UTF-16/32 file, instead of a problem on every line."""
+    for bom, encoding in _OTHER_BOMS:
+        if raw.startswith(bom):
+            return (f"{label}: the file is {encoding} (it starts with a {encoding} byte order "
+                    "mark); save it as UTF-8")
+    return None
 
 
 def _utf8_problem(line: bytes, where: str) -> str | None:
@@ -122,11 +138,23 @@ def _read_jsonl(raw: bytes, label: str) -> tuple[list[RawRecord], list[str]]:
             problems.append(bad_utf8)
             continue
         try:
-            records.append(RawRecord(where, json.loads(line)))
+            # Decode first: json.loads(bytes) guesses UTF-16/32 from NUL bytes and then
+            # raises UnicodeDecodeError; the line was just checked to be UTF-8.
+            records.append(RawRecord(where, json.loads(line.decode("utf-8"))))
         except json.JSONDecodeError as exc:
             problems.append(f"{where}: invalid JSON: {exc.msg} (column {exc.colno}); "
                             "each line must be one JSON object")
+        except (ValueError, RecursionError) as exc:
+            problems.append(f"{where}: invalid JSON: {_beyond_json_limits(exc)}")
     return records, problems
+
+
+def _beyond_json_limits(exc: ValueError | RecursionError) -> str:
+    """Why syntactically valid JSON could not be loaded: too deep, or a number too long."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply (arrays or objects inside each other)"
+    # ValueError from int(): more digits than sys.get_int_max_str_digits() (4,300).
+    return "a number is too long (more than 4,300 digits)"
 
 
 def _read_json(text: str, label: str) -> tuple[list[RawRecord], list[str]]:
@@ -134,6 +162,8 @@ def _read_json(text: str, label: str) -> tuple[list[RawRecord], list[str]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return [], [f"{label}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"]
+    except (ValueError, RecursionError) as exc:
+        return [], [f"{label}: invalid JSON: {_beyond_json_limits(exc)}"]
     if not isinstance(data, list):
         return [], [f"{label}: the file must hold a JSON list of examples "
                     f'([{{"text_input": ..., "output": ...}}, ...]), got {json_type(data)}']
@@ -141,8 +171,15 @@ def _read_json(text: str, label: str) -> tuple[list[RawRecord], list[str]]:
 
 
 def _read_csv(text: str, label: str) -> tuple[list[RawRecord], list[str]]:
+    # The csv module refuses cells over 131,072 characters and then stops reading; the text
+    # is in memory anyway, so allow any cell and let the length rules report a huge one.
+    # The limit is process-wide: only ever raise it, so concurrent readers stay safe.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        return [], [f"{label}: row 1: not valid CSV ({exc})"]
     if header is None:
         return [], [f"{label}: row 1: empty file; the first row must be the header "
                     "text_input,output"]

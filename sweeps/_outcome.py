@@ -21,7 +21,9 @@ from gemini_backend import JobState
 from sweeps import budget
 from sweeps._trial_state import InFlight
 from sweeps._trial_state import TrialOutcome
+from sweeps.config import LOSS_OBJECTIVES
 from sweeps.config import SweepConfig
+from sweeps.fidelity import is_from_curve
 from sweeps.plateau import epoch_means
 from sweeps.plateau import find_plateau
 from sweeps.plateau import objective_value
@@ -84,22 +86,28 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
     if final_state is not JobState.SUCCEEDED:
         return TrialOutcome(state=TrialState.FAIL, fail_reason=_failure_reason(job, final_state),
                             **base)
+    quality = config.objectives[0]
     try:
         plateau = find_plateau(train, evaluation, **config.plateau.model_dump())
-        value = objective_value(config.objective, train, evaluation, plateau)
+        # eval_* objectives get their value from the held-out evaluation (sweeps._eval_run).
+        value = (objective_value(quality, train, evaluation, plateau)
+                 if quality in LOSS_OBJECTIVES else None)
     except ValueError as exc:
         return TrialOutcome(state=TrialState.FAIL,
                             fail_reason=f"the job succeeded but its curve cannot be scored: "
                             f"{exc}", **base)
-    if not math.isfinite(value):
+    if value is not None and not math.isfinite(value):
         return TrialOutcome(state=TrialState.FAIL,
-                            fail_reason=f"objective {config.objective} is not finite ({value})",
+                            fail_reason=f"objective {quality} is not finite ({value})",
                             **base)
     flags = {"not_converged": plateau.not_converged, "overfitting": plateau.overfitting,
              "spike": plateau.spike, "flat": plateau.flat}
+    # from_curve: the epoch is chosen from this curve, never beyond it (its checkpoint exists).
+    recommended = (plateau.epoch if is_from_curve(config.search_space.epochs)
+                   else plateau.recommended_epochs)
     return TrialOutcome(
         state=TrialState.COMPLETE, value=value, plateau_epoch=plateau.epoch,
-        loss_at_plateau=plateau.loss, recommended_epochs=plateau.recommended_epochs,
+        loss_at_plateau=plateau.loss, recommended_epochs=recommended,
         flags=flags, **base,
     )
 

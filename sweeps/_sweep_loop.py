@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
@@ -27,10 +28,15 @@ from gemini_backend import JobState
 from gemini_backend import JobStatus
 from gemini_backend import TransientError
 from sweeps import _trial_state as ts
+from sweeps._crashpoints import crash_point
+from sweeps._eval_run import EvaluationRunner
+from sweeps._eval_run import Evaluator
+from sweeps._lease import StudyLeases
 from sweeps._outcome import PreparedData
 from sweeps._outcome import build_request
 from sweeps._outcome import failed_outcome
 from sweeps._outcome import outcome_of
+from sweeps._record_retries import RecordRetries
 from sweeps._sweep_state import SweepState
 from sweeps._trial_state import InFlight
 from sweeps._trial_state import TrialOutcome
@@ -58,6 +64,8 @@ class SweepContext:
     data: PreparedData
     sweep_id: str
     worker_id: str
+    leases: StudyLeases | None = None  # shares the study with other workers (issue #8)
+    evaluator: Evaluator | None = None  # held-out evaluation after each success (issue #9)
 
 
 class SweepLoop:
@@ -76,15 +84,29 @@ class SweepLoop:
         self._recording: dict[int, tuple[TrialOutcome, Future[str | None]]] = {}
         self._starting: dict[int, Future[str | None]] = {}
         self._can_prune = not isinstance(ctx.study.pruner, optuna.pruners.NopPruner)
+        self._retries = RecordRetries()  # records that failed, tried again later
+        self._next_claim_s = clock() + (ctx.leases.claim_interval_s if ctx.leases else 0.0)
+        self._evals = EvaluationRunner(ctx.evaluator, ctx.config) if ctx.evaluator else None
+        # Optuna takes intermediate values only in single-objective studies; a maximized
+        # (eval_*) study is reported -loss so its pruner still stops the high-loss trials.
+        self._is_multi_objective = len(ctx.study.directions) > 1
+        self._can_prune = self._can_prune and not self._is_multi_objective
+        self._report_sign = (-1.0 if ctx.study.directions[0]
+                             is optuna.study.StudyDirection.MAXIMIZE else 1.0)
 
     # --- the loop -----------------------------------------------------------------------------
 
     def run_until_done(self, on_pass: Callable[[], None]) -> None:
         """Loop until every wanted trial is told (or the sweep stops); then wait for writes."""
+        if self.ctx.leases is not None:
+            self.ctx.leases.held = self.state.held_numbers()
+            self.ctx.leases.start_heartbeats()
         try:
             while True:
+                self._share_study()
                 self._submit_ready_trials()
                 self._poll_due_jobs()
+                self._finish_evaluated()
                 self._record_finished()
                 on_pass()
                 if self._check_stop():
@@ -93,15 +115,39 @@ class SweepLoop:
         finally:
             # Writes already started finish (a half-written run is repaired next time anyway).
             self._writer.shutdown(wait=True, cancel_futures=True)
+            if self._evals is not None:
+                self._evals.shutdown()
+
+    def _share_study(self) -> None:
+        """With other workers: drop trials they took over, adopt trials whose lease is free."""
+        leases = self.ctx.leases
+        if leases is None:
+            return
+        for number in leases.take_lost():
+            is_held = number in self.state.held_numbers()  # not told since the renewal
+            if not is_held or number in self._recording or number in self._retries:
+                continue  # told, or being recorded: finish it (the record is idempotent)
+            logger.warning("trial=%d was taken over by another worker (this one missed its "
+                           "lease); dropping it here, its job keeps running", number)
+            self.state.release(number)
+        now = self._clock()
+        if now >= self._next_claim_s:
+            self._next_claim_s = now + leases.claim_interval_s
+            self.state.adopt_running_trials(self.ctx, now)
+        leases.held = self.state.held_numbers()
+
+    def _n_writes(self) -> int:
+        """Trials finished here whose record is being written or waits for a retry."""
+        return len(self._recording) + len(self._retries)
 
     def _submit_ready_trials(self) -> None:
-        while self.state.may_start_trial(len(self._recording)):
+        while self.state.may_start_trial(self._n_writes()):
             job = self.state.next_trial(self.ctx, self._clock())
             if job is None:
                 return
             self._submit(job)
         # Asking costs tens of ms of sampler and storage work: do it before the slot frees.
-        if self.state.may_ask_ahead(len(self._recording)):
+        if self.state.may_ask_ahead(self._n_writes()):
             self.state.ask_ahead(self.ctx, self._clock())
 
     def _poll_due_jobs(self) -> None:
@@ -119,33 +165,50 @@ class SweepLoop:
             self._heartbeat(job)
 
     def _record_finished(self) -> None:
+        for outcome in self._retries.due(self._clock()):
+            self._recording[outcome.number] = (
+                outcome, self._writer.submit(self.ctx.tracker.record_trial, outcome))
         for number, (outcome, future) in list(self._recording.items()):
             if not future.done():
                 continue
             del self._recording[number]
             error = future.exception()
+            retry_in_s = (self._retries.schedule(outcome, self._clock())
+                          if error is not None else None)
+            if retry_in_s is not None:
+                logger.warning("trial=%d not recorded in MLflow (%s); trying again in %.0fs",
+                               number, error, retry_in_s)
+                continue
             if error is not None:
                 logger.error("trial=%d not recorded in MLflow (%s); it stays RUNNING in the "
                              "study and the next `gemini-sweep run` records it", number, error)
                 self.state.unrecorded.add(number)
                 continue
+            self._retries.succeeded(number)
+            crash_point("before_tell")
             self.state.tell(self.ctx.study, outcome, run_id=future.result())
 
     def _check_stop(self) -> bool:
-        has_writes = bool(self._recording)
+        has_writes = self._n_writes() > 0
         has_jobs = bool(self.state.in_flight)
         if self.state.has_failed_too_often():
             # Jobs in flight keep running; the next `run` collects them.
             return not has_writes
-        wants_more = self.state.may_start_trial(len(self._recording))
-        return not (has_jobs or has_writes or wants_more)
+        wants_more = self.state.may_start_trial(self._n_writes())
+        # Stay while other workers hold trials: if one dies, this one takes its jobs over.
+        has_others = self.ctx.leases is not None and self.ctx.leases.n_held_by_others > 0
+        return not (has_jobs or has_writes or wants_more or has_others)
 
     def _sleep_until_next_poll(self) -> None:
         now = self._clock()
-        next_poll_s = min((j.next_poll_s for j in self.state.in_flight.values()),
-                          default=now + self._base_interval_s)
+        wake_s = [j.next_poll_s for j in self.state.in_flight.values()]
+        wake_s = wake_s or [now + self._base_interval_s]
+        wake_s += [self._retries.next_due_s] if self._retries.next_due_s is not None else []
+        wake_s += [self._next_claim_s] if self.ctx.leases is not None else []
+        next_poll_s = min(wake_s)
         delay_s = max(0.0, next_poll_s - now)
-        pending = [future for _, future in self._recording.values()]
+        pending: list[Future[Any]] = [future for _, future in self._recording.values()]
+        pending += self._evals.pending() if self._evals is not None else []
         if pending:
             # A finished write frees a slot: wake for it, but keep the fake clock in step.
             wait(pending, timeout=min(delay_s, _WRITE_WAIT_S), return_when=FIRST_COMPLETED)
@@ -170,8 +233,10 @@ class SweepLoop:
             logger.error("trial=%d submit rejected: %s", job.number, exc.message)
             self._finish(job, failed_outcome(job, f"submit rejected: {exc.message}"))
             return
+        crash_point("after_submit")  # test-only fault hook; no-op unless its env var is set
         job.ref = ref
         job.trial.set_user_attr(ts.ATTR_JOB_REF, ref.to_dict())
+        crash_point("after_job_ref")
         job.interval_s = self._base_interval_s
         job.next_poll_s = self._clock() + job.interval_s
         logger.info("trial=%d job=%s submitted: %s", job.number, ref.job_id,
@@ -235,18 +300,21 @@ class SweepLoop:
                              and self._can_prune and job.trial.should_prune())
         job.pruned = job.pruned or was_pruned_before
         if is_terminal:
-            self._finish(job, outcome_of(self.ctx.config, job, final_state=status.state))
+            self._finish_or_evaluate(job, outcome_of(self.ctx.config, job,
+                                                     final_state=status.state))
         elif should_prune:
             self._prune(job)
 
     def _report_epochs(self, job: InFlight, *, is_terminal: bool) -> bool:
         """Report each newly ended epoch's loss; True when the pruner wants the trial gone."""
+        if self._is_multi_objective:
+            return False
         use_eval = bool(self.ctx.data.validation)
         losses = ts.completed_epoch_losses(job.snapshots, is_terminal=is_terminal,
                                            use_eval=use_eval)
         new_epochs = [e for e in sorted(losses) if e not in job.reported_epochs]
         for epoch in new_epochs:
-            job.trial.report(losses[epoch], epoch)
+            job.trial.report(self._report_sign * losses[epoch], epoch)
             job.reported_epochs.add(epoch)
         return bool(new_epochs) and self._can_prune and job.trial.should_prune()
 
@@ -277,7 +345,22 @@ class SweepLoop:
         future = self._writer.submit(self.ctx.tracker.record_trial, outcome)
         self._recording[job.number] = (outcome, future)
 
+    def _finish_or_evaluate(self, job: InFlight, outcome: TrialOutcome) -> None:
+        """A completed trial is evaluated first (when configured), then finished."""
+        is_evaluated = self._evals is not None and outcome.state is TrialState.COMPLETE
+        if is_evaluated and self._evals is not None:
+            self._evals.start(job, outcome)
+        else:
+            self._finish(job, outcome)
+
+    def _finish_evaluated(self) -> None:
+        if self._evals is not None:
+            for job, outcome in self._evals.finished():
+                self._finish(job, outcome)
+
     def _heartbeat(self, job: InFlight) -> None:
+        if self.ctx.leases is not None:
+            return  # the leases' own thread writes heartbeats, on the lock's clock
         now = self._clock()
         if now - job.last_heartbeat_s >= _HEARTBEAT_EVERY_S and job.number in \
                 self.state.in_flight:

@@ -18,9 +18,14 @@ import optuna
 
 from sweeps import _trial_state as ts
 from sweeps import budget
+from sweeps._eval_run import is_better
+from sweeps._eval_run import objective_values
 from sweeps._trial_state import InFlight
 from sweeps._trial_state import TrialOutcome
 from sweeps.config import SweepConfig
+from sweeps.fidelity import ATTR_EPOCHS_MODE
+from sweeps.fidelity import FROM_CURVE
+from sweeps.fidelity import is_from_curve
 from sweeps.search_space import grid_size
 from sweeps.search_space import min_epochs
 from sweeps.search_space import suggest_knobs
@@ -71,10 +76,15 @@ class SweepState:
         self.unrecorded: set[int] = set()
         self._trials: dict[int, optuna.trial.Trial] = {}
         finished = study.get_trials(deepcopy=False, states=FINISHED_STATES)
+        # Trials copied by warm start were run by an earlier sweep: not counted, not paid.
+        self.n_warm_start = sum(ts.is_warm_start(t) for t in finished)
+        finished = [t for t in finished if not ts.is_warm_start(t)]
         self.n_complete = sum(t.state is TrialState.COMPLETE for t in finished)
         self.n_pruned = sum(t.state is TrialState.PRUNED for t in finished)
         self.n_failed = sum(t.state is TrialState.FAIL for t in finished)
-        self.spent_tokens = float(sum(t.user_attrs.get("training_tokens", 0) for t in finished))
+        self.spent_tokens = float(sum(t.user_attrs.get("training_tokens", 0)
+                                      + t.user_attrs.get(ts.ATTR_EVAL_TOKENS, 0)
+                                      for t in finished))
         self.committed_tokens = 0.0
         self.max_trials = config.n_trials
         if config.sampler.kind == "grid":  # past the grid, Optuna would repeat (and re-pay)
@@ -85,10 +95,13 @@ class SweepState:
         self.is_failed = False
         self._no_more_trials = False
         self._ahead: deque[InFlight] = deque()
-        best = [t for t in finished if t.state is TrialState.COMPLETE and t.value is not None]
-        top = min(best, key=lambda t: t.value or 0.0, default=None)
-        self.best_number = top.number if top else None
-        self.best_value = top.value if top else None
+        # By the quality objective (values[0]: `value` raises in multi-objective studies).
+        self.best_number: int | None = None
+        self.best_value: float | None = None
+        for t in finished:
+            if t.state is TrialState.COMPLETE and t.values and is_better(
+                    config, t.values[0], self.best_value):
+                self.best_number, self.best_value = t.number, t.values[0]
 
     @property
     def n_finished(self) -> int:
@@ -146,7 +159,9 @@ class SweepState:
             if not self.in_flight:  # nothing will come back to free budget: stop here
                 self._stop_asking(check.reason)
             return None
-        trial = ctx.study.ask()
+        trial = self._ask_study(ctx, now_s)
+        if trial is None:
+            return None
         knobs = suggest_knobs(trial, self.config.search_space)
         estimate = budget.estimate_tokens(self.tokens_per_epoch, int(knobs["epochs"]))
         check = self._check_budget(estimate)
@@ -160,14 +175,42 @@ class SweepState:
         trial.set_user_attr(ts.ATTR_KNOBS, knobs)
         trial.set_user_attr(ts.ATTR_ESTIMATE, estimate)
         trial.set_user_attr(ts.ATTR_WORKER, ctx.worker_id)
+        trial.set_user_attr(ts.ATTR_DATASET_HASH, ctx.data.content_hash)  # for warm start
+        if is_from_curve(self.config.search_space.epochs):
+            trial.set_user_attr(ATTR_EPOCHS_MODE, FROM_CURVE)
         trial.set_user_attr(ts.ATTR_KEY, key)  # before submit: a restart finds the job by it
         return self._commit(InFlight(trial=trial, knobs=knobs, key=key,
                                      estimate_tokens=estimate, next_poll_s=now_s))
 
+    def _ask_study(self, ctx: SweepContext, now_s: float) -> optuna.trial.Trial | None:
+        """A new trial, within n_trials and study_concurrency counted over every worker."""
+        if ctx.leases is None:
+            return ctx.study.ask()
+        # The leases count every trial of the study, warm-start copies too.
+        asked = ctx.leases.ask(max_trials=self.max_trials + self.n_warm_start, now_s=now_s)
+        if asked.is_exhausted:  # the other workers asked the rest: not an error
+            self._no_more_trials = True
+        return asked.trial
+
+    def held_numbers(self) -> frozenset[int]:
+        """Trials this worker holds a lease on: asked or adopted, not told, not given up."""
+        return frozenset(self._trials) - self.unrecorded
+
+    def release(self, number: int) -> None:
+        """Forget a trial another worker took over; its job keeps running (not cancelled)."""
+        dropped = [self.in_flight.pop(number)] if number in self.in_flight else []
+        dropped += [j for j in self._ahead if j.number == number]
+        self._ahead = deque(j for j in self._ahead if j.number != number)
+        for job in dropped:
+            self.committed_tokens -= job.estimate_tokens
+        self._trials.pop(number, None)
+
     def adopt_running_trials(self, ctx: SweepContext, now_s: float) -> int:
-        """Take over every RUNNING trial of the study (left by a killed or stopped process)."""
-        running = ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        """Take over the RUNNING trials no live worker holds (see :mod:`sweeps._lease`)."""
+        running = (ctx.leases.claim_orphans(self.held_numbers()) if ctx.leases is not None
+                   else ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         for frozen in running:
+            self.unrecorded.discard(frozen.number)  # adopted again: recorded when it ends
             trial = optuna.trial.Trial(ctx.study, frozen._trial_id)
             knobs = frozen.user_attrs.get(ts.ATTR_KNOBS) or suggest_knobs(
                 trial, self.config.search_space)
@@ -176,6 +219,7 @@ class SweepState:
             if key is None:  # crashed before the key was written: nothing was submitted
                 key = ts.idempotency_key(self.config.name, ctx.sweep_id, frozen.number)
                 trial.set_user_attr(ts.ATTR_KNOBS, knobs)
+                trial.set_user_attr(ts.ATTR_DATASET_HASH, ctx.data.content_hash)
                 trial.set_user_attr(ts.ATTR_KEY, key)
             estimate = int(frozen.user_attrs.get(ts.ATTR_ESTIMATE) or budget.estimate_tokens(
                 self.tokens_per_epoch, int(knobs["epochs"])))
@@ -213,7 +257,7 @@ class SweepState:
         """The job is over (its run is being written); move its tokens to spent."""
         self.in_flight.pop(job.number, None)
         self.committed_tokens -= job.estimate_tokens
-        self.spent_tokens += outcome.training_tokens
+        self.spent_tokens += outcome.training_tokens + outcome.eval_tokens
         # Counted now, not at tell, so no new job starts while the stop is decided.
         if outcome.state is TrialState.FAIL:
             self.consecutive_failures += 1
@@ -231,7 +275,7 @@ class SweepState:
             trial.set_user_attr(key, value)
         # skip_if_finished: another worker of the same study may have told it already.
         if outcome.state is TrialState.COMPLETE:
-            study.tell(trial, outcome.value, skip_if_finished=True)
+            study.tell(trial, objective_values(self.config, outcome), skip_if_finished=True)
             self._completed(outcome)
         else:
             study.tell(trial, state=outcome.state, skip_if_finished=True)
@@ -240,7 +284,7 @@ class SweepState:
     def _completed(self, outcome: TrialOutcome) -> None:
         self.n_complete += 1
         value = outcome.value if outcome.value is not None else math.inf
-        if self.best_value is None or value < self.best_value:
+        if is_better(self.config, value, self.best_value):
             self.best_number, self.best_value = outcome.number, value
         logger.info("trial=%d job=%s finished: %s=%.4g, plateau at epoch %s", outcome.number,
                     outcome.job_ref.job_id if outcome.job_ref else "-", self.config.objective,

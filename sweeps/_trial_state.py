@@ -29,8 +29,20 @@ ATTR_WORKER = "worker"
 ATTR_HEARTBEAT = "heartbeat"
 ATTR_FAIL_REASON = "fail_reason"
 ATTR_RUN_ID = "mlflow_run_id"
+#: The sweep's dataset content hash, so warm start copies only same-dataset trials.
+ATTR_DATASET_HASH = "dataset_hash"
+#: Set on trials copied from an earlier sweep ("<source>#<trial number>"): not run here.
+ATTR_WARM_START_FROM = "warm_start_from"
+ATTR_EVAL = "eval"  # {"eval_exact_match": 0.75, ...}: held-out evaluation scores
+ATTR_EVAL_TOKENS = "eval_tokens"  # generation tokens billed for the evaluation
+ATTR_EVAL_ERROR = "eval_error"
 #: Study user attribute: a random id that makes idempotency keys unique to this study.
 STUDY_ATTR_SWEEP_ID = "gemini_sweep.sweep_id"
+
+
+def is_warm_start(trial: optuna.trial.FrozenTrial) -> bool:
+    """Was this trial copied from an earlier sweep (so not run, nor counted, by this one)?"""
+    return ATTR_WARM_START_FROM in trial.user_attrs
 
 
 def idempotency_key(study_name: str, sweep_id: str, trial_number: int) -> str:
@@ -82,6 +94,15 @@ class InFlight:
 
 
 @dataclass(frozen=True, slots=True)
+class EvalRow:
+    """One held-out example as the tuned model answered it (issue #9)."""
+
+    input: str
+    expected: str
+    prediction: str
+
+
+@dataclass(frozen=True, slots=True)
 class TrialOutcome:
     """A finished trial, as the tracker records it and the study is told."""
 
@@ -102,6 +123,11 @@ class TrialOutcome:
     cost: float | None = None
     fail_reason: str | None = None
     checkpoints: tuple[Checkpoint, ...] = ()
+    # Held-out evaluation (sweeps._eval_run): mean score by metric key, e.g. eval_chrf.
+    eval_scores: dict[str, float] = field(default_factory=dict)
+    eval_rows: tuple[EvalRow, ...] = ()
+    eval_tokens: int = 0
+    eval_error: str | None = None
 
     def summary_attrs(self) -> dict[str, Any]:
         """What is stored on the Optuna trial when it is told."""
@@ -118,6 +144,12 @@ class TrialOutcome:
             attrs["flags"] = dict(self.flags)
         if self.fail_reason:
             attrs[ATTR_FAIL_REASON] = self.fail_reason
+        if self.eval_scores:
+            attrs[ATTR_EVAL] = dict(self.eval_scores)
+        if self.eval_tokens:
+            attrs[ATTR_EVAL_TOKENS] = self.eval_tokens
+        if self.eval_error:
+            attrs[ATTR_EVAL_ERROR] = self.eval_error
         if self.checkpoints:
             attrs["checkpoints"] = [{"checkpoint_id": c.checkpoint_id, "epoch": c.epoch,
                                      "step": c.step} for c in self.checkpoints]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 from typing import Any
 from typing import Literal
+from typing import get_args
 
 from pydantic import BaseModel
 from pydantic import ConfigDict
@@ -29,6 +30,7 @@ from gemini_backend import CANONICAL_KNOBS
 from gemini_backend import BackendConfig
 from gemini_backend import BackendError
 from gemini_backend import config_model
+from sweeps._config_errors import format_problems
 from sweeps._yaml_lines import LineMap
 from sweeps._yaml_lines import load_yaml_with_lines
 from sweeps.errors import ConfigError
@@ -74,7 +76,8 @@ class IntRange(_Strict):
 
 
 class FloatRange(_Strict):
-    """A real knob in ``[low, high]``, optionally log-scaled: ``{low: 0.1, high: 10, log: true}``."""
+    """A real knob in ``[low, high]``, optionally log-scaled:
+    ``{low: 0.1, high: 10, log: true}``."""
 
     low: float
     high: float
@@ -89,33 +92,56 @@ class FloatRange(_Strict):
         return self
 
 
+# The knob union's tags appear in pydantic's error paths, so none may equal a YAML key (a tag
+# "choices" hid the real key `choices` in 'batch_size.choices.0').
+_FIXED, _CHOICES, _RANGE = "fixed-knob", "choices-knob", "range-knob"
+_FROM_CURVE = "from-curve-knob"
+KNOB_TAGS = (_FIXED, _CHOICES, _RANGE, _FROM_CURVE)
+
+
+class FromCurve(_Strict):
+    """``epochs: {mode: from_curve, max: 8}``: every trial runs ``max`` epochs and its epoch is
+    chosen afterwards from its curve (the plateau epoch); see :mod:`sweeps.fidelity`."""
+
+    mode: Literal["from_curve"]
+    max: int = Field(ge=1, description="the epochs every trial runs")
+
+
 def _knob_shape(value: Any) -> str:
     # Instances arrive here when pydantic serializes a model; dicts when it validates YAML.
     if isinstance(value, Fixed):
-        return "fixed"
+        return _FIXED
     if isinstance(value, Choices):
-        return "choices"
+        return _CHOICES
+    if isinstance(value, FromCurve):
+        return _FROM_CURVE
     if isinstance(value, dict):
+        if "mode" in value:
+            return _FROM_CURVE
         if "value" in value:
-            return "fixed"
+            return _FIXED
         if "choices" in value:
-            return "choices"
-    return "range"
-
-
-def _range_tag(kind: type[BaseModel]) -> Any:
-    return Annotated[kind, Tag("range")]
+            return _CHOICES
+    return _RANGE
 
 
 IntKnob = Annotated[
-    Annotated[Fixed, Tag("fixed")] | Annotated[Choices, Tag("choices")] | _range_tag(IntRange),
+    Annotated[Fixed, Tag(_FIXED)] | Annotated[Choices, Tag(_CHOICES)]
+    | Annotated[IntRange, Tag(_RANGE)],
     Discriminator(_knob_shape),
 ]
 FloatKnob = Annotated[
-    Annotated[Fixed, Tag("fixed")] | Annotated[Choices, Tag("choices")] | _range_tag(FloatRange),
+    Annotated[Fixed, Tag(_FIXED)] | Annotated[Choices, Tag(_CHOICES)]
+    | Annotated[FloatRange, Tag(_RANGE)],
     Discriminator(_knob_shape),
 ]
-KnobSpec = Fixed | Choices | IntRange | FloatRange
+#: ``epochs`` also takes the from_curve mode (epochs as fidelity).
+EpochsKnob = Annotated[
+    Annotated[Fixed, Tag(_FIXED)] | Annotated[Choices, Tag(_CHOICES)]
+    | Annotated[IntRange, Tag(_RANGE)] | Annotated[FromCurve, Tag(_FROM_CURVE)],
+    Discriminator(_knob_shape),
+]
+KnobSpec = Fixed | Choices | IntRange | FloatRange | FromCurve
 
 
 class SearchSpace(BaseModel):
@@ -128,7 +154,7 @@ class SearchSpace(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
     __pydantic_extra__: dict[str, IntKnob]  # type: ignore[assignment]
 
-    epochs: IntKnob = Fixed(value=5)
+    epochs: EpochsKnob = Fixed(value=5)
     batch_size: IntKnob | None = None
     learning_rate_multiplier: FloatKnob = Fixed(value=1.0)
 
@@ -192,6 +218,8 @@ def _lowest(knob: KnobSpec) -> float | None:
     if isinstance(knob, Choices):
         numbers = [c for c in knob.choices if isinstance(c, (int, float))]
         return min(numbers) if numbers else None
+    if isinstance(knob, FromCurve):
+        return knob.max
     return knob.low
 
 
@@ -238,6 +266,10 @@ class SuccessiveHalvingPrunerConfig(_Strict):
     min_early_stopping_rate: int = Field(default=0, ge=0)
 
 
+_PRUNER_MODELS = (NoPruner, MedianPrunerConfig, PatientPrunerConfig, HyperbandPrunerConfig,
+                  SuccessiveHalvingPrunerConfig)
+PRUNER_KINDS = tuple(get_args(model.model_fields["kind"].annotation)[0]
+                     for model in _PRUNER_MODELS)
 PrunerConfig = Annotated[
     NoPruner | MedianPrunerConfig | PatientPrunerConfig | HyperbandPrunerConfig
     | SuccessiveHalvingPrunerConfig,
@@ -279,6 +311,17 @@ class DatasetConfig(_Strict):
     validation_split: float = Field(default=0.0, ge=0.0, lt=1.0)
     preamble: str = ""
     seed: int = 0
+
+    @field_validator("preamble")
+    @classmethod
+    def _encodable_preamble(cls, preamble: str) -> str:
+        # A "\ud800" escape loads as a str no service (nor the dataset hash) can encode.
+        try:
+            preamble.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("contains an unpaired surrogate escape (a \\ud800-\\udfff "
+                             "escape without its pair); fix the escape") from None
+        return preamble
 
 
 class EvaluationConfig(_Strict):
@@ -372,6 +415,15 @@ class SweepConfig(_Strict):
             raise ValueError(exc.message) from None
         return model.model_validate(value)
 
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_kind_is_text(cls, value: Any) -> Any:
+        # pydantic quotes an unknown tag via str(): a list of aliased lists ("billion
+        # laughs") as `kind` would be rendered as 10**9 items.
+        if isinstance(value, dict) and not isinstance(value.get("kind", ""), str):
+            raise ValueError(f"kind must be one of {', '.join(PRUNER_KINDS)}")
+        return value
+
     @model_validator(mode="after")
     def _objective_is_known(self) -> SweepConfig:
         names = [self.objective] if isinstance(self.objective, str) else list(self.objective)
@@ -454,22 +506,8 @@ def load_config(path: str | Path, **overrides: Any) -> SweepConfig:
 
 def format_validation_error(error: ValidationError, path: Path, lines: LineMap) -> str:
     """One line per problem: ``file: key.path (line N): message``."""
-    problems = []
-    for item in error.errors(include_input=False, include_url=False):
-        loc = _clean_loc(item["loc"])
-        if "key" in item.get("ctx", {}):
-            loc = (*loc, item["ctx"]["key"])
-        line = lines.line_of(loc)
-        where = ".".join(str(part) for part in loc) or "(top level)"
-        at = f" (line {line})" if line else ""
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key; check its spelling against the documented keys"
-        problems.append(f"{path}: {where}{at}: {message}")
-    return f"{path}: invalid sweep config\n  " + "\n  ".join(problems)
+    return format_problems(error, path, lines, union_labels=_UNION_LABELS)
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop pydantic's union-branch labels (``fixed``, ``range``, model names) from a path."""
-    branch_labels = {"fixed", "choices", "range", "function-wrap[_backend_by_kind()]"}
-    return tuple(part for part in loc if part not in branch_labels)
+#: pydantic's names for union branches, dropped from error paths unless the YAML has them.
+_UNION_LABELS = frozenset({*KNOB_TAGS, *PRUNER_KINDS})

@@ -90,7 +90,9 @@ def content_hash(examples: tuple[Example, ...], preamble: str) -> str:
         {"preamble": preamble, "examples": [[e.text_input, e.output] for e in examples]},
         ensure_ascii=False, separators=(",", ":"),
     )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogatepass: a report on bad input (an unpaired surrogate) still gets a hash; valid
+    # text encodes exactly as with the strict handler.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +171,9 @@ def validate_dataset(path: str | Path, *, preamble: str = "", backend: str = "lo
     limits = limits_for(backend)
     read = read_records(path)
     errors, warnings = list(read.problems), list[str]()
+    if not checks.is_encodable(preamble):
+        errors.append(f"{path}: preamble: contains an unpaired surrogate (a \\ud800-\\udfff "
+                      "escape without its pair); fix the escape in the config")
     located = []
     for record in read.records:
         example, problems = checks.check_record(record, limits, preamble=preamble)

@@ -20,6 +20,7 @@ import json
 import logging
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 from typing import Literal
@@ -37,9 +38,12 @@ from gemini_backend.vertex import examples_to_jsonl
 from gemini_backend.vertex import tuning_job_body
 from sweeps import _export_snippets as snippets
 from sweeps.config import SweepConfig
+from sweeps.cost_frontier import sweep_notes
 from sweeps.dataset import Dataset
 from sweeps.dataset import load_dataset
 from sweeps.errors import SweepError
+from sweeps.fidelity import FROM_CURVE
+from sweeps.fidelity import schedule_caveat
 from sweeps.results import SweepResults
 from sweeps.results import TrialRecord
 
@@ -82,14 +86,16 @@ class BestConfig:
     seed: int
     recommendation: Recommendation
     extra: dict[str, Any] = field(default_factory=dict)
+    pareto_front: tuple[TrialRecord, ...] = ()  # multi-objective [quality, cost] sweeps
 
     def to_dict(self) -> dict[str, Any]:
         """The ``yaml``/``json`` export: everything needed to reproduce and trust the pick."""
         rec = self.recommendation
-        return {
+        data: dict[str, Any] = {
             "knobs": dict(self.knobs),
             "knobs_run": dict(self.trial.knobs),
             "objective": {"name": self.objective, "value": self.trial.value},
+            "evaluation": dict(self.trial.eval_scores) or None,
             "plateau": {"epoch": rec.plateau_epoch, "loss": rec.loss_at_plateau,
                         "recommended_epochs": rec.epochs, "epochs_run": rec.epochs_run,
                         "flags": dict(rec.flags), "checkpoint_id": rec.checkpoint_id},
@@ -104,6 +110,13 @@ class BestConfig:
                       "job_id": self.trial.job_id, "training_tokens": self.trial.training_tokens,
                       "cost": self.trial.cost},
         }
+        if self.extra:  # e.g. cheapest_within_tolerance
+            data.update(self.extra)
+        if self.pareto_front:
+            data["pareto_front"] = [
+                {"trial": t.number, "knobs": dict(t.knobs), "objectives": list(t.values),
+                 "evaluation": dict(t.eval_scores) or None} for t in self.pareto_front]
+        return data
 
 
 def recommend(trial: TrialRecord) -> Recommendation:
@@ -133,6 +146,9 @@ def recommend(trial: TrialRecord) -> Recommendation:
     if flags.get("flat"):
         notes.append("flat: the loss hardly moved; the model may already do this task, or "
                      "the learning rate is too low.")
+    if trial.epochs_mode == FROM_CURVE and plateau is not None:
+        notes.append(f"epochs from the curve (search_space.epochs mode from_curve): "
+                     f"{schedule_caveat(epochs=int(epochs), max_epochs=epochs_run)}")
     if plateau is not None and plateau != epochs_run:
         notes.append(_schedule_note(plateau, epochs_run, checkpoint))
     return Recommendation(epochs=int(epochs), epochs_run=epochs_run, plateau_epoch=plateau,
@@ -171,14 +187,19 @@ def best_config(config: SweepConfig, results: SweepResults) -> BestConfig:
                          f"({counts or 'no trials'}); pruned, failed and cancelled trials are "
                          "never exported. Run `gemini-sweep run CONFIG` until one completes")
     rec = recommend(best)
+    maximize = config.directions[0] == "maximize"
+    rec = replace(rec, notes=rec.notes + sweep_notes(results, maximize=maximize))
+    cheapest = ({"cheapest_within_tolerance": results.cheapest.to_dict()}
+                if results.cheapest is not None else {})
     dataset = load_sweep_dataset(config)
     return BestConfig(
         study_name=results.study_name, sweep_id=results.sweep_id, storage=results.storage,
-        trial=best, knobs={**best.knobs, "epochs": rec.epochs}, objective=config.objective,
+        trial=best, knobs={**best.knobs, "epochs": rec.epochs},
+        objective=config.objectives[0], pareto_front=results.pareto_front,
         backend_kind=config.backend.kind, base_model=config.backend.base_model,
         dataset_path=str(config.dataset_path), dataset_hash=dataset.content_hash,
         preamble=dataset.preamble, validation_split=config.dataset.validation_split,
-        seed=config.dataset.seed, recommendation=rec,
+        seed=config.dataset.seed, recommendation=rec, extra=cheapest,
     )
 
 

@@ -24,6 +24,8 @@ from sweeps import _trial_state as ts
 from sweeps.budget import token_limit
 from sweeps.config import BudgetConfig
 from sweeps.config import SweepConfig
+from sweeps.cost_frontier import CheapestWithinTolerance
+from sweeps.cost_frontier import cheapest_within
 from sweeps.errors import SweepError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ ATTR_FLAGS = "flags"
 ATTR_COST = "cost"
 #: Vertex checkpoints ``[{"checkpoint_id", "epoch", "step"}]``, if the runner stores them.
 ATTR_CHECKPOINTS = "checkpoints"
+#: Copied from an earlier sweep by ``warm_start`` (see :mod:`sweeps.warm_start`).
+ATTR_WARM_START_FROM = "warm_start_from"
+ATTR_EPOCHS_MODE = "epochs_mode"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +69,20 @@ class TrialRecord:
     fail_reason: str | None = None
     mlflow_run_id: str | None = None
     checkpoints: tuple[dict[str, Any], ...] = ()
+    warm_start_from: str | None = None  # "<source>#<trial>": run by an earlier sweep
+    epochs_mode: str | None = None  # "from_curve": ran max epochs, epoch chosen from curve
+    values: tuple[float, ...] = ()  # every objective (quality, cost) when multi-objective
+    eval_scores: dict[str, float] = field(default_factory=dict)  # eval_chrf, eval_<custom>
+    eval_tokens: int | None = None
+    eval_error: str | None = None
 
     @property
     def is_complete(self) -> bool:
         return self.state == TrialState.COMPLETE.name
+
+    @property
+    def is_warm_start(self) -> bool:
+        return self.warm_start_from is not None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,12 +103,16 @@ class SweepResults:
     committed_tokens: float
     token_limit: float | None = None
     spent_cost: float | None = None
+    cheapest: CheapestWithinTolerance | None = None
+    pareto_front: tuple[TrialRecord, ...] = ()  # multi-objective [quality, cost] only
 
     def counts(self) -> dict[str, int]:
-        """How many trials are in each state, e.g. ``{"COMPLETE": 5, "PRUNED": 2}``."""
+        """How many trials are in each state, e.g. ``{"COMPLETE": 5, "PRUNED": 2}``; trials
+        copied by warm start count as ``WARM_START``, not as this sweep's."""
         counts: dict[str, int] = {}
         for trial in self.trials:
-            counts[trial.state] = counts.get(trial.state, 0) + 1
+            state = "WARM_START" if trial.is_warm_start else trial.state
+            counts[state] = counts.get(state, 0) + 1
         return counts
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +127,8 @@ class SweepResults:
                        "committed_tokens": self.committed_tokens,
                        "token_limit": self.token_limit, "spent_cost": self.spent_cost},
             "trials": [trial.to_dict() for trial in self.trials],
+            "cheapest_within_tolerance": self.cheapest.to_dict() if self.cheapest else None,
+            "pareto_front": [trial.number for trial in self.pareto_front],
         }
 
 
@@ -150,7 +171,13 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
         number=trial.number,
         state=trial.state.name,
         knobs=dict(attrs.get(ts.ATTR_KNOBS) or trial.params),
-        value=trial.value if trial.state is TrialState.COMPLETE else None,
+        # values[0]: `trial.value` raises in a multi-objective study.
+        value=trial.values[0] if trial.state is TrialState.COMPLETE and trial.values
+        else None,
+        values=tuple(trial.values or ()) if trial.state is TrialState.COMPLETE else (),
+        eval_scores=_eval_scores(attrs.get(ts.ATTR_EVAL)),
+        eval_tokens=_int_or_none(attrs.get(ts.ATTR_EVAL_TOKENS)),
+        eval_error=attrs.get(ts.ATTR_EVAL_ERROR),
         job_id=ref.job_id if ref else None,
         idempotency_key=attrs.get(ts.ATTR_KEY),
         plateau_epoch=_int_or_none(attrs.get(ATTR_PLATEAU_EPOCH)),
@@ -165,36 +192,64 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
         mlflow_run_id=attrs.get(ts.ATTR_RUN_ID),
         checkpoints=tuple(c for c in checkpoints if isinstance(c, dict))
         if isinstance(checkpoints, list) else (),
+        warm_start_from=attrs.get(ATTR_WARM_START_FROM),
+        epochs_mode=attrs.get(ATTR_EPOCHS_MODE),
     )
 
 
-def pick_best(records: Iterable[TrialRecord]) -> TrialRecord | None:
-    """The best COMPLETE trial: lowest objective, ties broken by fewer training tokens.
+def pick_best(records: Iterable[TrialRecord], *, maximize: bool = False
+              ) -> TrialRecord | None:
+    """The best COMPLETE trial: lowest objective (highest with ``maximize``: eval scores),
+    ties broken by fewer training tokens.
 
     Pruned, failed and running trials never count: a cancelled job's model quality is
-    unpredictable (the tuning guide), and a failed one has no model.
+    unpredictable (the tuning guide), and a failed one has no model. Nor do trials copied
+    by warm start: another sweep ran them (maybe on another backend), so this sweep has no
+    job or model of theirs to export.
     """
-    complete = [r for r in records
-                if r.is_complete and r.value is not None and math.isfinite(r.value)]
+    complete = [r for r in records if r.is_complete and not r.is_warm_start
+                and r.value is not None and math.isfinite(r.value)]
     if not complete:
         return None
-    return min(complete, key=lambda r: (r.value, r.training_tokens or 0, r.number))
+    sign = -1.0 if maximize else 1.0
+    return min(complete, key=lambda r: (sign * (r.value or 0.0), r.training_tokens or 0,
+                                        r.number))
 
 
 def collect_results(study: optuna.Study, *, storage: str = "",
-                    budget: BudgetConfig | None = None) -> SweepResults:
-    """Every trial of ``study`` as a record, the best one and the tokens spent/committed."""
+                    budget: BudgetConfig | None = None,
+                    cost_tolerance: float | None = None) -> SweepResults:
+    """Every trial of ``study`` as a record, the best one and the tokens spent/committed;
+    with ``cost_tolerance``, also the cheapest trial within that fraction of the best."""
     records = tuple(trial_record(t) for t in study.get_trials(deepcopy=False))
-    spent = float(sum(r.training_tokens or 0 for r in records if r.state != "RUNNING"))
+    maximize = study.directions[0] is optuna.study.StudyDirection.MAXIMIZE
+    best = pick_best(records, maximize=maximize)
+    own = [r for r in records if not r.is_warm_start]
+    cheapest = (cheapest_within(own, best, tolerance=cost_tolerance, maximize=maximize)
+                if cost_tolerance is not None else None)
+    spent = float(sum((r.training_tokens or 0) + (r.eval_tokens or 0)
+                      for r in records if r.state != "RUNNING"))
     committed = float(sum(r.estimated_tokens or 0 for r in records if r.state == "RUNNING"))
     costs = [r.cost for r in records if r.cost is not None]
     return SweepResults(
         study_name=study.study_name, storage=redact_url(storage) if storage else "",
         sweep_id=study.user_attrs.get(ts.STUDY_ATTR_SWEEP_ID), trials=records,
-        best=pick_best(records), spent_tokens=spent, committed_tokens=committed,
+        best=best, spent_tokens=spent, committed_tokens=committed,
         token_limit=token_limit(budget) if budget else None,
-        spent_cost=sum(costs) if costs else None,
+        spent_cost=sum(costs) if costs else None, cheapest=cheapest,
+        pareto_front=pareto_front(study, records),
     )
+
+
+def pareto_front(study: optuna.Study, records: Iterable[TrialRecord]
+                 ) -> tuple[TrialRecord, ...]:
+    """A multi-objective sweep's ([quality, cost]) Pareto-optimal trials, cheapest first;
+    empty for a single objective (``study.best_trial`` is undefined with several)."""
+    if len(study.directions) < 2:
+        return ()
+    on_front = {t.number for t in study.best_trials}
+    front = [r for r in records if r.number in on_front and not r.is_warm_start]
+    return tuple(sorted(front, key=lambda r: (r.values[-1] if r.values else 0.0, r.number)))
 
 
 def config_results(config: SweepConfig) -> SweepResults:
@@ -204,7 +259,8 @@ def config_results(config: SweepConfig) -> SweepResults:
         SweepError: the sweep has not been run yet (or its storage is unreachable).
     """
     study = load_config_study(config)
-    return collect_results(study, storage=config.storage_url, budget=config.budget)
+    return collect_results(study, storage=config.storage_url, budget=config.budget,
+                           cost_tolerance=config.cost_tolerance)
 
 
 def redact_url(url: str) -> str:
@@ -213,6 +269,13 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not an SQLAlchemy URL: show only its scheme
         return url.split("://", 1)[0] + "://***"
+
+
+def _eval_scores(value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    scores = {str(k): _float_or_none(v) for k, v in value.items()}
+    return {k: v for k, v in scores.items() if v is not None}
 
 
 def _int_or_none(value: object) -> int | None:
@@ -240,6 +303,7 @@ __all__ = [
     "config_results",
     "load_config_study",
     "load_study",
+    "pareto_front",
     "pick_best",
     "redact_url",
     "trial_record",

@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import socket
 import sqlite3
 import time
 import uuid
@@ -25,12 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from gemini_backend import BaseBackend
 from gemini_backend import create_backend
 from sweeps import _trial_state as ts
+from sweeps._eval_run import Evaluator
+from sweeps._eval_run import build_evaluator
+from sweeps._lease import StudyLeases
+from sweeps._lease import new_worker_id
 from sweeps._outcome import PreparedData
+from sweeps._study_lock import StorageUnavailable
+from sweeps._study_lock import StudyLock
+from sweeps._study_lock import retry_first_use
 from sweeps._sweep_loop import SweepContext
 from sweeps._sweep_loop import SweepLoop
 from sweeps._sweep_state import JobProgress
@@ -45,10 +51,12 @@ from sweeps.errors import TrackingError
 from sweeps.search_space import knob_names
 from sweeps.search_space import make_pruner
 from sweeps.search_space import make_sampler
+from sweeps.search_space import max_epochs
 from sweeps.tracking import MlflowTracker
 from sweeps.tracking import SweepInfo
 from sweeps.tracking import SweepSummary
 from sweeps.tracking import Tracker
+from sweeps.warm_start import seed_from_earlier_sweeps
 
 logger = logging.getLogger(__name__)
 
@@ -108,28 +116,44 @@ def run_sweep(
     backend = backend or create_backend(config.backend, base_dir=config.config_dir)
     try:
         backend.check_search_space(knob_names(config.search_space))
+        backend.check_epochs(max_epochs(config.search_space))
         backend.preflight()
         _warn_missing_validation(config, backend, data)
+        evaluator = build_evaluator(config, backend, data.validation)  # metrics checked here
         study = open_study(config)
-        sweep_id = _sweep_id(study)
-        tracker = tracker or MlflowTracker(_tracking_uri(config))
-        tracker.start_sweep(_sweep_info(config, data, sweep_id))
+        leases = StudyLeases(study, StudyLock(config.storage_url, config.name),
+                             worker_id=new_worker_id(), lease_s=config.lease_s,
+                             study_concurrency=config.study_concurrency)
         try:
-            return _drive(config, study, backend, tracker, data, sweep_id,
-                          progress=progress, clock=clock, sleep=sleep)
+            with leases.lock.hold():  # workers starting together must agree on one sweep id
+                sweep_id = _sweep_id(study)
+                # Under the same lock, so two workers starting together seed only once.
+                seed_from_earlier_sweeps(config, study, dataset_hash=data.content_hash)
+            tracker = tracker or MlflowTracker(_tracking_uri(config))
+            _start_tracking(config, tracker, _sweep_info(config, data, sweep_id))
+            try:
+                return _drive(config, study, backend, tracker, data, sweep_id, leases,
+                              progress=progress, clock=clock, sleep=sleep,
+                              evaluator=evaluator)
+            except sqlalchemy.exc.OperationalError as exc:
+                raise StorageUnavailable.from_error(config.storage_url, exc) from None
+            finally:
+                tracker.close()
         finally:
-            tracker.close()
+            leases.close()
+            leases.lock.close()
     finally:
         if owns_backend:
             backend.close()
 
 
 def _drive(config: SweepConfig, study: optuna.Study, backend: BaseBackend, tracker: Tracker,
-           data: PreparedData, sweep_id: str, *, progress: ProgressCallback | None,
-           clock: Callable[[], float], sleep: Callable[[float], None]) -> SweepResult:
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+           data: PreparedData, sweep_id: str, leases: StudyLeases, *,
+           progress: ProgressCallback | None, clock: Callable[[], float],
+           sleep: Callable[[float], None], evaluator: Evaluator | None = None) -> SweepResult:
     ctx = SweepContext(config=config, study=study, backend=backend, tracker=tracker,
-                       data=data, sweep_id=sweep_id, worker_id=worker_id)
+                       data=data, sweep_id=sweep_id, worker_id=leases.worker_id, leases=leases,
+                       evaluator=evaluator)
     state = SweepState(config, study, tokens_per_epoch=data.tokens_per_epoch)
     adopted = state.adopt_running_trials(ctx, clock())
     if adopted:
@@ -137,13 +161,35 @@ def _drive(config: SweepConfig, study: optuna.Study, backend: BaseBackend, track
                     state.n_finished, adopted)
     loop = SweepLoop(ctx, state, clock=clock, sleep=sleep)
     loop.run_until_done(on_pass=lambda: progress(state.progress()) if progress else None)
-    result = _result(config, study, state, tracker)
+    result = _result(config, study, _study_totals(state, study), tracker)
     try:
         tracker.finish_sweep(study, _summary(result))
     except TrackingError as exc:
         logger.error("the sweep's parent run could not be finished: %s", exc)
     logger.info("sweep %s stopped: %s", config.name, result.stop_reason)
     return result
+
+
+def _start_tracking(config: SweepConfig, tracker: Tracker, info: SweepInfo) -> None:
+    """Find or create the parent run under a study-wide lock (its own, so a slow MLflow
+    never blocks the other workers' asks and heartbeats): workers starting together then
+    share one parent run instead of each creating one."""
+    lock = StudyLock(config.storage_url, f"{config.name}:mlflow-parent")
+    try:
+        with lock.hold():
+            tracker.start_sweep(info)
+    finally:
+        lock.close()
+
+
+def _study_totals(state: SweepState, study: optuna.Study) -> SweepState:
+    """The counts and best trial of the whole study (every worker's trials), with this
+    worker's own in-flight jobs, ledger and stop reason."""
+    totals = SweepState(state.config, study, tokens_per_epoch=state.tokens_per_epoch)
+    totals.in_flight, totals.unrecorded = state.in_flight, state.unrecorded
+    totals.committed_tokens = state.committed_tokens
+    totals.stop_reason, totals.is_failed = state.stop_reason, state.is_failed
+    return totals
 
 
 def prepare_data(config: SweepConfig) -> PreparedData:
@@ -169,14 +215,27 @@ def open_study(config: SweepConfig) -> optuna.Study:
             path.parent.mkdir(parents=True, exist_ok=True)
             storage = optuna.storages.RDBStorage(
                 url, engine_kwargs={"creator": functools.partial(connect_sqlite, path)})
-        return optuna.create_study(study_name=config.name, storage=storage,
-                                   load_if_exists=True, direction="minimize",
-                                   sampler=make_sampler(config), pruner=make_pruner(config))
+        study = retry_first_use(lambda: optuna.create_study(
+            study_name=config.name, storage=storage, load_if_exists=True,
+            directions=config.directions, sampler=make_sampler(config),
+            pruner=make_pruner(config)))
+        _check_directions(config, study)
+        return study
     except ConfigError:
         raise
     except Exception as exc:  # SQLAlchemy / Optuna raise many types for a bad storage
         raise ConfigError(f"storage {redact_url(url)}: cannot open the Optuna study "
                           f"{config.name!r}: {exc}") from None
+
+
+def _check_directions(config: SweepConfig, study: optuna.Study) -> None:
+    """An existing study keeps the directions it was created with: a changed objective
+    (e.g. plateau_loss -> eval_chrf) would silently invert the best trial."""
+    stored = [d.name.lower() for d in study.directions]
+    if stored != config.directions:
+        raise ConfigError(f"objective: sweep {config.name!r} was created to "
+                          f"{'/'.join(stored)} but objective {config.objective} needs "
+                          f"{'/'.join(config.directions)}; give the sweep a new name")
 
 
 def connect_sqlite(path: Path) -> sqlite3.Connection:

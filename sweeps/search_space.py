@@ -15,6 +15,7 @@ import optuna
 from sweeps.config import Choices
 from sweeps.config import Fixed
 from sweeps.config import FloatRange
+from sweeps.config import FromCurve
 from sweeps.config import HyperbandPrunerConfig
 from sweeps.config import IntRange
 from sweeps.config import KnobSpec
@@ -22,6 +23,7 @@ from sweeps.config import MedianPrunerConfig
 from sweeps.config import PatientPrunerConfig
 from sweeps.config import SamplerConfig
 from sweeps.config import SearchSpace
+from sweeps.config import SuccessiveHalvingPrunerConfig
 from sweeps.config import SweepConfig
 from sweeps.errors import ConfigError
 
@@ -45,6 +47,8 @@ def suggest_knobs(trial: optuna.trial.BaseTrial, space: SearchSpace) -> dict[str
 def _suggest(trial: optuna.trial.BaseTrial, name: str, spec: KnobSpec) -> Any:
     if isinstance(spec, Fixed):
         return spec.value
+    if isinstance(spec, FromCurve):  # not searched: every trial runs max (sweeps.fidelity)
+        return spec.max
     if isinstance(spec, Choices):
         return trial.suggest_categorical(name, spec.choices)
     if isinstance(spec, IntRange):
@@ -59,6 +63,8 @@ def min_epochs(space: SearchSpace) -> int:
     spec = space.epochs
     if isinstance(spec, Fixed):
         return int(spec.value)
+    if isinstance(spec, FromCurve):
+        return spec.max
     if isinstance(spec, Choices):
         return int(min(int(c) for c in spec.choices))
     return int(spec.low)
@@ -69,6 +75,8 @@ def max_epochs(space: SearchSpace) -> int:
     spec = space.epochs
     if isinstance(spec, Fixed):
         return int(spec.value)
+    if isinstance(spec, FromCurve):
+        return spec.max
     if isinstance(spec, Choices):
         return int(max(int(c) for c in spec.choices))
     return int(spec.high)
@@ -102,7 +110,7 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
 def _grid(space: SearchSpace) -> dict[str, list[Any]]:
     grid: dict[str, list[Any]] = {}
     for name, spec in space.knobs().items():
-        if isinstance(spec, Fixed):
+        if isinstance(spec, (Fixed, FromCurve)):
             continue
         if isinstance(spec, Choices):
             grid[name] = list(spec.choices)
@@ -134,4 +142,10 @@ def make_pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(min_resource=pruner.min_resource,
                                               max_resource=max_epochs(config.search_space),
                                               reduction_factor=pruner.reduction_factor)
+    if isinstance(pruner, SuccessiveHalvingPrunerConfig):
+        # Asynchronous SHA decides at rungs min_epochs * rf^k from the epochs reported so
+        # far; the loop cancels the job it prunes (stopping type: nothing is ever paused).
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_epochs, reduction_factor=pruner.reduction_factor,
+            min_early_stopping_rate=pruner.min_early_stopping_rate)
     return optuna.pruners.NopPruner()

@@ -28,6 +28,7 @@ from mlflow.entities import Param
 from mlflow.entities import Run
 
 from sweeps import _tracking_writer as writer
+from sweeps._crashpoints import crash_point
 from sweeps._tracking_plots import save_figure
 from sweeps._tracking_plots import sweep_figures
 from sweeps._tracking_plots import write_loss_curve_png
@@ -42,6 +43,8 @@ _RUN_STATUS = {
     optuna.trial.TrialState.FAIL: "FAILED",
 }
 _MAX_TAG_CHARS = 5000
+#: The held-out examples with the tuned model's answers, one row each (issue #9).
+EVAL_TABLE_FILE = "eval_examples.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,13 @@ class MlflowTracker:
         run_id = self._child_ids.get(number)
         if run_id is not None:
             return client.get_run(run_id)
+        # Another worker may have created it since start_sweep (a trial taken over).
+        found = writer.find_runs(client, self._experiment_id, {
+            writer.TAG_SWEEP_ID: info.sweep_id, writer.TAG_ROLE: "trial",
+            writer.TAG_TRIAL: str(number)})
+        if found:
+            self._child_ids[number] = found[0].info.run_id
+            return found[0]
         run = client.create_run(self._experiment_id, run_name=f"trial-{number}", tags={
             "mlflow.parentRunId": self._parent_id, writer.TAG_ROLE: "trial",
             writer.TAG_SWEEP_ID: info.sweep_id, writer.TAG_TRIAL: str(number),
@@ -220,8 +230,11 @@ class MlflowTracker:
                      for flag, is_set in outcome.flags.items()})
         if outcome.fail_reason:
             tags["gemini_sweep.fail_reason"] = outcome.fail_reason[:_MAX_TAG_CHARS]
+        if outcome.eval_error:
+            tags["gemini_sweep.eval_error"] = outcome.eval_error[:_MAX_TAG_CHARS]
         writer.log_batch(client, run_id, metrics=_missing_metrics(client, run, outcome),
                          params=self._child_params(run, outcome.knobs), tags=tags)
+        crash_point("mid_record")  # test-only fault hook: curve written, status not yet
         self._write_artifacts(client, run_id, outcome)
         self._curves[outcome.number] = (outcome.train_epoch_loss, outcome.eval_epoch_loss,
                                         outcome.plateau_epoch)
@@ -238,6 +251,8 @@ class MlflowTracker:
                 png_path = Path(tmp) / "loss_curve.png"
                 write_loss_curve_png(outcome, png_path)
                 client.log_artifact(run_id, str(png_path))
+        if outcome.eval_rows:  # the MLflow UI's table view shows what the model got wrong
+            client.log_table(run_id, data=_eval_table(outcome), artifact_file=EVAL_TABLE_FILE)
 
     def finish_sweep(self, study: optuna.Study, summary: SweepSummary) -> None:
         """Write the sweep's figures, best trial and plots on the parent run; close it."""
@@ -320,9 +335,18 @@ def _missing_metrics(client: MlflowClient, run: Run, outcome: TrialOutcome) -> l
     }
     if outcome.cost is not None:
         summary["cost"] = outcome.cost
+    summary.update(outcome.eval_scores)  # eval_exact_match, eval_chrf, eval_<custom>
+    if outcome.eval_tokens:
+        summary["eval_tokens"] = outcome.eval_tokens
     series.update({key: [(0, value)] for key, value in summary.items()})
     return [point for key, points in series.items() if points
             for point in writer.missing_points(client, run, key, points)]
+
+
+def _eval_table(outcome: TrialOutcome) -> dict[str, list[str]]:
+    rows = outcome.eval_rows
+    return {"input": [r.input for r in rows], "expected": [r.expected for r in rows],
+            "prediction": [r.prediction for r in rows]}
 
 
 def _curve_json(outcome: TrialOutcome) -> dict[str, Any]:

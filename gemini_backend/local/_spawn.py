@@ -90,11 +90,16 @@ def create_job(
     staged = JobDir(tmp)
     fd = os.open(staged.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    atomic_write_json(staged.job_file, {
-        "request": request_to_dict(request),
-        "settings": {f: getattr(settings, f) for f in settings.__dataclass_fields__},
-    })
-    staged.write_status({"state": JobState.QUEUED.value, "submitted_at_s": time.time()})
+    try:
+        atomic_write_json(staged.job_file, {
+            "request": request_to_dict(request),
+            "settings": {f: getattr(settings, f) for f in settings.__dataclass_fields__},
+        })
+        staged.write_status({"state": JobState.QUEUED.value, "submitted_at_s": time.time()})
+    except OSError:  # a full disk: leave no half-written staging folder behind
+        os.close(fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.rename(tmp, root / job_id)
     except OSError:  # another submit of the same key won the race

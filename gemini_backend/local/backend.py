@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -133,7 +134,10 @@ class LocalBackend(BaseBackend):
         )
         job_id = job_id_for(request.idempotency_key)
         ref = JobRef(backend=self.kind, job_id=job_id, idempotency_key=request.idempotency_key)
-        created = _spawn.create_job(self.job_root, job_id, request, settings)
+        try:
+            created = _spawn.create_job(self.job_root, job_id, request, settings)
+        except OSError as exc:  # read-only or full disk: say where and what to do
+            raise BackendError(_unwritable(self.job_root, exc)) from exc
         if created is None:
             logger.info("job=%s exists for key %s; not submitting again", job_id,
                         request.idempotency_key)
@@ -143,6 +147,21 @@ class LocalBackend(BaseBackend):
         logger.info("job=%s submitted: %d examples, %d epochs, threads=%d", job_id,
                     len(request.train), request.epochs, settings.threads)
         return ref
+
+    def preflight(self) -> None:
+        """Fail before the first trial when the job root cannot hold job folders.
+
+        Raises:
+            BackendError: the job root cannot be created or written (read-only, full disk).
+        """
+        try:
+            self.job_root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.job_root) as probe:
+                probe.write(b"gemini-sweep write check")
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError as exc:
+            raise BackendError(_unwritable(self.job_root, exc)) from exc
 
     def find(self, idempotency_key: str) -> JobRef | None:
         job_id = job_id_for(idempotency_key)
@@ -189,8 +208,14 @@ class LocalBackend(BaseBackend):
             return job.update_status(state=JobState.CANCELLED.value)
         reason = _spawn.death_reason(job, status)
         logger.warning("job=%s failed: %s", job.path.name, reason.splitlines()[0])
-        return job.update_status(state=JobState.FAILED.value, error_message=reason,
-                                 finished_at_s=time.time())
+        failed = {"state": JobState.FAILED.value, "error_message": reason,
+                  "finished_at_s": time.time()}
+        try:
+            return job.update_status(**failed)
+        except OSError as exc:  # a full disk often is why the worker died: still report it
+            logger.warning("job=%s: its FAILED status could not be saved (%s)",
+                           job.path.name, exc.strerror or exc)
+            return {**status, **failed}
 
     def cancel(self, ref: JobRef) -> None:
         job = self._job(ref)
@@ -282,3 +307,10 @@ def _to_job_status(
         tuned_model=None if tuned_model is None else str(tuned_model),
         checkpoints=checkpoints, training_tokens=tokens,
     )
+
+
+def _unwritable(job_root: Path, exc: OSError) -> str:
+    return (f"backend.job_root: cannot write job folders in {job_root} "
+            f"({exc.strerror or exc}); free some space or make it writable, or set "
+            "backend.job_root to a writable folder. The sweep's state is kept: run the "
+            "same command again once it is fixed.")

@@ -51,6 +51,9 @@ def status_command(
     # Job ids are long: on a narrow terminal they are left to `--json`.
     console.print(trials_table(results, show_job=console.width >= _JOB_COLUMN_MIN_WIDTH))
     _print_best(results)
+    if results.cheapest is not None:
+        console.print(results.cheapest.describe(), markup=False, highlight=False)
+    _print_pareto_front(results)
     _print_budget(results)
 
 
@@ -81,6 +84,9 @@ def trials_table(results: SweepResults, *, show_job: bool = True) -> Table:
         table.add_column("job", no_wrap=True)
     table.add_column("plateau", **fixed)
     table.add_column("objective", **fixed)
+    eval_keys = _eval_keys(results.trials)
+    for key in eval_keys:
+        table.add_column(key.removeprefix("eval_").replace("_", " "), **fixed)
     table.add_column("tokens", **fixed)
     table.add_column("cost", **fixed)
     best_number = results.best.number if results.best else None
@@ -88,13 +94,19 @@ def trials_table(results: SweepResults, *, show_job: bool = True) -> Table:
         mark = " *" if trial.number == best_number else ""
         style = _STATE_STYLES.get(trial.state, "")
         table.add_row(
-            f"{trial.number}{mark}", f"[{style}]{trial.state}[/]" if style else trial.state,
+            f"{trial.number}{mark}", _state_text(trial, style),
             *[_fmt(trial.knobs.get(name)) for name in knob_names],
             *([_short(trial.job_id)] if show_job else []), _fmt(trial.plateau_epoch),
-            _fmt(trial.value),
+            _fmt(trial.value), *[_fmt(trial.eval_scores.get(key)) for key in eval_keys],
             _tokens(trial), _fmt(trial.cost),
         )
     return table
+
+
+def _state_text(trial: TrialRecord, style: str) -> str:
+    # A warm-start copy was run by an earlier sweep: say so, and never star it as best.
+    state = f"WARM ({trial.warm_start_from})" if trial.is_warm_start else trial.state
+    return f"[{style}]{state}[/]" if style and not trial.is_warm_start else state
 
 
 def _print_best(results: SweepResults) -> None:
@@ -106,8 +118,31 @@ def _print_best(results: SweepResults) -> None:
     flags = [name for name, is_set in best.flags.items() if is_set]
     console.print(f"best: trial {best.number} objective {_fmt(best.value)} ({knobs}); "
                   f"plateau at epoch {_fmt(best.plateau_epoch)}"
-                  + (f" [{', '.join(flags)}]" if flags else ""), markup=False,
-                  highlight=False)
+                  + (f" [{', '.join(flags)}]" if flags else "") + _scores(best),
+                  markup=False, highlight=False)
+
+
+def _print_pareto_front(results: SweepResults) -> None:
+    """Multi-objective ([quality, cost]) sweeps: the trials no other beats on both."""
+    if not results.pareto_front:
+        return
+    console.print("Pareto front (quality vs cost, cheapest first):", markup=False)
+    for trial in results.pareto_front:
+        values = ", ".join(_fmt(v) for v in trial.values)
+        console.print(f"  trial {trial.number}: objectives [{values}]{_scores(trial)}",
+                      markup=False, highlight=False)
+
+
+def _scores(trial: TrialRecord) -> str:
+    scores = ", ".join(f"{k} {_fmt(v)}" for k, v in trial.eval_scores.items())
+    return f"; {scores}" if scores else ""
+
+
+def _eval_keys(trials: tuple[TrialRecord, ...]) -> list[str]:
+    keys: list[str] = []
+    for trial in trials:
+        keys += [key for key in trial.eval_scores if key not in keys]
+    return keys
 
 
 def _print_budget(results: SweepResults) -> None:

@@ -18,7 +18,8 @@ Or as a process (the runner's end-to-end test)::
 
 Admin endpoints (no auth): ``GET /_admin/requests`` (``?method=POST&path=...``),
 ``POST /_admin/faults`` (body: ``{"status": 429, "count": 3, "retry_delay_s": 1}``),
-``POST /_admin/fail_next`` (``{"count": 1, "message": "..."}``), ``POST /_admin/reset``.
+``POST /_admin/fail_next`` (``{"count": 1, "message": "..."}``), ``POST /_admin/reset``,
+``POST /_admin/chaos`` (``{"rate": 0.3, "seed": 1}``: random faults, see ``_fake_chaos``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from typing import Any
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
+from tests.gemini_backend_tests._fake_chaos import BEFORE
+from tests.gemini_backend_tests._fake_chaos import Chaos
+from tests.gemini_backend_tests._fake_chaos import answer_after
 from tests.gemini_backend_tests._fake_gemini_state import FakeState
 from tests.gemini_backend_tests._fake_gemini_state import Fault
 from tests.gemini_backend_tests._fake_gemini_state import ServiceError
@@ -80,6 +84,7 @@ class FakeGeminiApi:
         self.state = FakeState(tunable_models=tunable_models, other_models=other_models,
                                epoch_s=epoch_s, queue_s=queue_s, clock=clock,
                                state_file=state_file)
+        self.chaos = Chaos()  # random faults; off until a test sets a rate
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -164,9 +169,14 @@ def _handler_for(fake: FakeGeminiApi) -> type[BaseHTTPRequestHandler]:
                 fake.state.record(method, parts.path, query, headers, body)
                 if parts.path != "/token":  # the OAuth token endpoint takes no credentials
                     self._authenticate(query)
+                chaos = fake.chaos.pick(parts.path)
+                if chaos in BEFORE:
+                    raise Fault(int(chaos), retry_delay_s=fake.chaos.retry_delay_s).error()
                 fake.state.raise_fault(method, parts.path)
                 result = _route(fake.state, method, parts.path, query, body)
                 fake.state.raise_fault(method, parts.path, after=True)
+                if answer_after(self, chaos, slow_s=fake.chaos.slow_s):
+                    return
                 self._reply(200, result)
             except ServiceError as error:
                 self._reply(error.code, error.body(), headers=error.headers)
@@ -237,6 +247,10 @@ def _admin(fake: FakeGeminiApi, method: str, path: str, query: dict[str, str],
     if path == "/_admin/fail_next" and method == "POST":
         fake.fail_next(int(body.get("count", 1)), str(body.get("message", "Tuning failed")))
         return {}
+    if path == "/_admin/chaos":
+        if method == "POST":
+            fake.chaos = Chaos(**{**body, "kinds": tuple(body.get("kinds", Chaos.kinds))})
+        return {"injected": dict(fake.chaos.injected)}
     if path == "/_admin/reset" and method == "POST":
         fake.state.reset()
         return {}

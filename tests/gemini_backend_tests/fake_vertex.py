@@ -20,7 +20,8 @@ Written from the shapes in reference/tuning_api.md section 2: a real HTTP server
 
 Standalone: ``python -m tests.gemini_backend_tests.fake_vertex --port N`` serves until killed;
 ``GET /_admin/requests`` and ``GET /_admin/jobs`` list what happened, ``POST /_admin/inject``,
-``/_admin/fail_next`` and ``/_admin/advance`` script it (same arguments as the methods).
+``/_admin/fail_next`` and ``/_admin/advance`` script it (same arguments as the methods);
+``POST /_admin/chaos`` (``{"rate": 0.3, "seed": 1}``) turns on random faults (``_fake_chaos``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from urllib.parse import parse_qs
 from urllib.parse import unquote
 from urllib.parse import urlsplit
 
+from tests.gemini_backend_tests._fake_chaos import BEFORE
+from tests.gemini_backend_tests._fake_chaos import Chaos
+from tests.gemini_backend_tests._fake_chaos import answer_after
 from tests.gemini_backend_tests._fake_gcs import FakeGcs
 from tests.gemini_backend_tests._fake_vertex_jobs import FakeError
 from tests.gemini_backend_tests._fake_vertex_jobs import FakeJob
@@ -102,6 +106,7 @@ class FakeVertex(FakeGcs):
         self._offset_s = 0.0
         self._frozen_at: float | None = None
         self._lock = threading.RLock()
+        self.chaos = Chaos()  # random faults; off until a test sets a rate
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -352,6 +357,10 @@ class FakeVertex(FakeGcs):
                 return Reply(200, {"requests": [asdict(r) for r in self.requests]})
         if path == "/_admin/jobs":
             return Reply(200, {"tuningJobs": self.job_list()})
+        if path == "/_admin/chaos":
+            if method == "POST":
+                self.chaos = Chaos(**{**args, "kinds": tuple(args.get("kinds", Chaos.kinds))})
+            return Reply(200, {"injected": dict(self.chaos.injected)})
         actions = {"/_admin/inject": self.inject, "/_admin/fail_next": self.fail_next,
                    "/_admin/advance": self.advance}
         if method == "POST" and path in actions:
@@ -404,7 +413,15 @@ def _handler_for(fake: FakeVertex) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            reply = fake.handle(self.command, self.path, self.headers, body)
+            chaos = fake.chaos.pick(urlsplit(self.path).path)
+            if chaos in BEFORE:
+                error = FakeError(int(chaos), "injected by chaos",
+                                  retry_after_s=fake.chaos.retry_delay_s)
+                reply = Reply(error.code, error.body())
+            else:
+                reply = fake.handle(self.command, self.path, self.headers, body)
+                if answer_after(self, chaos, slow_s=fake.chaos.slow_s):
+                    return
             payload = b"" if reply.body is None else json.dumps(reply.body).encode()
             self.send_response(reply.status)
             for key, value in reply.headers.items():

@@ -55,7 +55,7 @@ def write_config(folder: Path, backend: dict[str, Any], *, name: str = "export-t
     shutil.copy(REPO_ROOT / "configs/data/next_number.jsonl", folder / "data")
     config = {"name": name, "backend": backend,
               "dataset": {"path": "data/next_number.jsonl", "preamble": PREAMBLE},
-              "search_space": {"epochs": {"low": 1, "high": 10},
+              "search_space": {"epochs": {"low": 1, "high": 8},
                                "batch_size": {"choices": [2, 4, 8]},
                                "learning_rate_multiplier": {"low": 0.1, "high": 10,
                                                             "log": True}}}
