@@ -58,28 +58,26 @@ def _suggest(trial: optuna.trial.BaseTrial, name: str, spec: KnobSpec) -> Any:
     raise ConfigError(f"search_space.{name}: unsupported knob shape {type(spec).__name__}")
 
 
-def min_epochs(space: SearchSpace) -> int:
-    """The fewest epochs any trial can ask for (the cheapest possible trial, for the budget)."""
+def epoch_bounds(space: SearchSpace) -> tuple[int, int]:
+    """The fewest and the most epochs any trial can ask for (the cheapest possible trial, for
+    the budget; Hyperband's maximum resource; the backend's epoch limit)."""
     spec = space.epochs
     if isinstance(spec, Fixed):
-        return int(spec.value)
+        return int(spec.value), int(spec.value)
     if isinstance(spec, FromCurve):
-        return spec.max
+        return spec.max, spec.max
     if isinstance(spec, Choices):
-        return int(min(int(c) for c in spec.choices))
-    return int(spec.low)
+        counts = [int(c) for c in spec.choices]
+        return min(counts), max(counts)
+    return int(spec.low), int(spec.high)
+
+
+def min_epochs(space: SearchSpace) -> int:
+    return epoch_bounds(space)[0]
 
 
 def max_epochs(space: SearchSpace) -> int:
-    """The most epochs any trial can ask for (Hyperband's maximum resource)."""
-    spec = space.epochs
-    if isinstance(spec, Fixed):
-        return int(spec.value)
-    if isinstance(spec, FromCurve):
-        return spec.max
-    if isinstance(spec, Choices):
-        return int(max(int(c) for c in spec.choices))
-    return int(spec.high)
+    return epoch_bounds(space)[1]
 
 
 def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
