@@ -36,6 +36,16 @@ ATTR_WARM_START_FROM = "warm_start_from"
 ATTR_EVAL = "eval"  # {"eval_exact_match": 0.75, ...}: held-out evaluation scores
 ATTR_EVAL_TOKENS = "eval_tokens"  # generation tokens billed for the evaluation
 ATTR_EVAL_ERROR = "eval_error"
+# Written when a trial is told (``TrialOutcome.summary_attrs``); status and export read them.
+ATTR_TRAINING_TOKENS = "training_tokens"
+ATTR_EPOCHS_COMPLETED = "epochs_completed"
+ATTR_PLATEAU_EPOCH = "plateau_epoch"
+ATTR_RECOMMENDED_EPOCHS = "recommended_epochs"
+ATTR_LOSS_AT_PLATEAU = "loss_at_plateau"
+ATTR_FLAGS = "flags"
+ATTR_COST = "cost"
+#: Checkpoints the service kept ``[{"checkpoint_id", "epoch", "step"}]`` (Vertex, local).
+ATTR_CHECKPOINTS = "checkpoints"
 #: Study user attribute: a random id that makes idempotency keys unique to this study.
 STUDY_ATTR_SWEEP_ID = "gemini_sweep.sweep_id"
 
@@ -132,16 +142,16 @@ class TrialOutcome:
     def summary_attrs(self) -> dict[str, Any]:
         """What is stored on the Optuna trial when it is told."""
         attrs: dict[str, Any] = {
-            "training_tokens": self.training_tokens,
-            "epochs_completed": max((s.epoch for s in self.snapshots), default=0),
+            ATTR_TRAINING_TOKENS: self.training_tokens,
+            ATTR_EPOCHS_COMPLETED: max((s.epoch for s in self.snapshots), default=0),
         }
         if self.cost is not None:
-            attrs["cost"] = self.cost
+            attrs[ATTR_COST] = self.cost
         if self.plateau_epoch is not None:
-            attrs["plateau_epoch"] = self.plateau_epoch
-            attrs["recommended_epochs"] = self.recommended_epochs or self.plateau_epoch
-            attrs["loss_at_plateau"] = self.loss_at_plateau
-            attrs["flags"] = dict(self.flags)
+            attrs[ATTR_PLATEAU_EPOCH] = self.plateau_epoch
+            attrs[ATTR_RECOMMENDED_EPOCHS] = self.recommended_epochs or self.plateau_epoch
+            attrs[ATTR_LOSS_AT_PLATEAU] = self.loss_at_plateau
+            attrs[ATTR_FLAGS] = dict(self.flags)
         if self.fail_reason:
             attrs[ATTR_FAIL_REASON] = self.fail_reason
         if self.eval_scores:
@@ -151,7 +161,7 @@ class TrialOutcome:
         if self.eval_error:
             attrs[ATTR_EVAL_ERROR] = self.eval_error
         if self.checkpoints:
-            attrs["checkpoints"] = [{"checkpoint_id": c.checkpoint_id, "epoch": c.epoch,
+            attrs[ATTR_CHECKPOINTS] = [{"checkpoint_id": c.checkpoint_id, "epoch": c.epoch,
                                      "step": c.step} for c in self.checkpoints]
         return attrs
 

@@ -21,31 +21,27 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from sweeps import _trial_state as ts
+from sweeps._trial_state import ATTR_CHECKPOINTS
+from sweeps._trial_state import ATTR_COST
+from sweeps._trial_state import ATTR_EPOCHS_COMPLETED
+from sweeps._trial_state import ATTR_FLAGS
+from sweeps._trial_state import ATTR_LOSS_AT_PLATEAU
+from sweeps._trial_state import ATTR_PLATEAU_EPOCH
+from sweeps._trial_state import ATTR_RECOMMENDED_EPOCHS
+from sweeps._trial_state import ATTR_TRAINING_TOKENS
+from sweeps._trial_state import ATTR_WARM_START_FROM
 from sweeps.budget import token_limit
 from sweeps.config import BudgetConfig
 from sweeps.config import SweepConfig
 from sweeps.cost_frontier import CheapestWithinTolerance
 from sweeps.cost_frontier import cheapest_within
 from sweeps.errors import SweepError
+from sweeps.fidelity import ATTR_EPOCHS_MODE
 
 logger = logging.getLogger(__name__)
 
 TrialState = optuna.trial.TrialState
 
-# Summary attributes of ``TrialOutcome.summary_attrs()`` (the runner has no constants for
-# these yet; the names must stay in step with it).
-ATTR_TRAINING_TOKENS = "training_tokens"
-ATTR_EPOCHS_COMPLETED = "epochs_completed"
-ATTR_PLATEAU_EPOCH = "plateau_epoch"
-ATTR_RECOMMENDED_EPOCHS = "recommended_epochs"
-ATTR_LOSS_AT_PLATEAU = "loss_at_plateau"
-ATTR_FLAGS = "flags"
-ATTR_COST = "cost"
-#: Vertex checkpoints ``[{"checkpoint_id", "epoch", "step"}]``, if the runner stores them.
-ATTR_CHECKPOINTS = "checkpoints"
-#: Copied from an earlier sweep by ``warm_start`` (see :mod:`sweeps.warm_start`).
-ATTR_WARM_START_FROM = "warm_start_from"
-ATTR_EPOCHS_MODE = "epochs_mode"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,6 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from sqlalchemy.engine import make_url
 
 from gemini_backend import BaseBackend
 from gemini_backend import create_backend
@@ -48,6 +47,7 @@ from sweeps.dataset import load_dataset
 from sweeps.errors import ConfigError
 from sweeps.errors import DatasetError
 from sweeps.errors import TrackingError
+from sweeps.results import redact_url
 from sweeps.search_space import knob_names
 from sweeps.search_space import make_pruner
 from sweeps.search_space import make_sampler
@@ -250,14 +250,6 @@ def connect_sqlite(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     return connection
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password hidden, safe for logs and MLflow."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: show only its scheme
-        return url.split("://", 1)[0] + "://***"
 
 
 def _sweep_id(study: optuna.Study) -> str:
