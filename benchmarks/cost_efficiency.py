@@ -1,27 +1,48 @@
 """Training tokens each search policy spends before it holds a near-best configuration.
 
 Replays the REAL recorded curves of ``configs/data/curves_<dataset>.json`` (made by
-``scripts/record_curve_sets.py``: 18 local jobs per dataset, batch 8/16/32 x multiplier
-0.3-10, 8 epochs each) through ``sweeps.run_sweep`` and the replay backend, on a simulated
-clock (no waiting: the clock jumps to the next poll), with ``NullTracker``. Methods, all with
-the same space (batch {8, 16, 32}, multiplier 0.3-10 log) and Optuna 5 defaults otherwise:
+``scripts/record_curve_sets.py``: local jobs on three datasets, batch size 8/16/32 x eight
+learning-rate multipliers 0.3-10, 8 epochs, each cell recorded with 3 seeds) through
+``sweeps.run_sweep`` and the replay backend, on a simulated clock (no waiting: the clock jumps
+to the next poll), with a tracker that only keeps the outcomes. The replay serves each trial
+one seed of its cell (chosen by the trial's idempotency key), as real training varies run to
+run; the keys are fixed per benchmark seed, so a rerun prints the same table and every
+method meets the same runs (a paired comparison).
 
-* ``random``    random search, epochs searched in 1-8, no pruning;
-* ``tpe``       Optuna TPE, epochs searched in 1-8, no pruning (the common way; ratio 1);
-* ``sha``       TPE, epochs searched, successive halving (min_epochs 1, reduction factor 3);
-* ``curve``     TPE, ``epochs: {mode: from_curve, max: 8}``, no pruning;
-* ``curve+sha`` TPE, from_curve and successive halving.
+Two search spaces, because the services differ:
 
-The quality of a sweep's incumbent (its best trial by its own objective) is one quantity for
-every method: the recorded validation loss at the epoch the sweep recommends, looked up in
-the full 8-epoch recording of the configuration the replay backend served. A recommendation
-beyond the epochs a trial ran is scored at that epoch without charging the re-run it would
-need (this favours the epoch-searching baselines). Cost = cumulative training tokens of every
-trial finished so far (pruned ones too), in completion order (concurrency 1). The target is
-2% above the best quality any method's incumbent reached on that dataset; a run that never
-reaches it within ``n_trials`` counts as infinite (reported as the success rate).
+* ``vertex``: epochs and learning-rate multiplier. Vertex AI, where Gemini tuning lives, takes
+  no batch size for Gemini models (it picks its own); the recordings at batch 16 stand in.
+* ``all``: epochs, batch size {8, 16, 32} and multiplier, as the local backend takes them.
 
-Run: ``python benchmarks/cost_efficiency.py [--seeds 10] [--n-trials 40]``. Prints the table.
+Methods, with Optuna's defaults otherwise (TPE: ``n_startup_trials=10``):
+
+* ``random``     random search, epochs searched in 1-8, no pruning;
+* ``tpe``        TPE, epochs searched in 1-8, no pruning: the common way (ratio 1);
+* ``tpe+sha``    TPE, epochs searched, successive halving (min_epochs 1, reduction factor 3);
+* ``curve``      TPE, ``epochs: {mode: from_curve, max: 8}``, no pruning;
+* ``curve+sha``  TPE, from_curve, successive halving (min_epochs 2, reduction factor 3);
+* ``policy``     the default policy of ``configs/*.yaml``: from_curve with ``patience: 2`` (a
+                 job 2 epochs past its best is cancelled and completes on what it ran) and
+                 ``pruner: {kind: behind_leader, ratio: 1.3, min_epochs: 2}``.
+
+Quality. A sweep's incumbent is its best trial by its own objective (what ``export`` picks);
+it is deployed at its plateau epoch, which never exceeds the epochs its job ran (so nothing is
+credited that would need another job). Its quality is the validation loss at that epoch:
+
+* ``observed``: as the job reported it (the number the user sees); the headline figure;
+* ``mean of seeds``: the mean over the cell's 3 recordings at that epoch (what the
+  configuration is worth, not what one lucky run showed); a check that the ranking is not
+  luck.
+
+Cost: cumulative training tokens of every trial finished so far (pruned and stopped ones too)
+in the order they finished (concurrency 1). The target is 2% above the best quality that any
+method's incumbent reached on that dataset and space; a sweep that never reaches it within
+``n_trials`` counts as infinite (the ``reached`` count says how often).
+
+Run: ``python benchmarks/cost_efficiency.py [--seeds 50] [--n-trials 40] [--jobs 2]``.
+About 40 minutes on 2 cores with the defaults (the run docs/cost_efficiency.md quotes); the
+same seeds print the same table.
 """
 
 from __future__ import annotations
@@ -29,22 +50,27 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import multiprocessing
 import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from gemini_backend.replay import ReplayBackend
+from gemini_backend.replay import ReplayRecord
 from gemini_backend.replay import load_curves
 from gemini_backend.replay import nearest_record
 from sweeps import SweepConfig
+from sweeps._trial_state import STUDY_ATTR_SWEEP_ID
 from sweeps._trial_state import TrialOutcome
+from sweeps.runner import open_study
 from sweeps.runner import run_sweep
 from sweeps.tracking import NullTracker
 
@@ -54,22 +80,26 @@ TrialState = optuna.trial.TrialState
 MAX_EPOCHS = 8
 TARGET_GAP = 0.02
 EPOCH_S = 1.0  # simulated seconds per recorded epoch (the replay's time_scale is set so)
-POLL_INTERVAL_S = 0.4  # about two polls per epoch: the pruner sees every epoch
-SHA = {"kind": "successive_halving", "min_epochs": 1, "reduction_factor": 3}
-SHA2 = {"kind": "successive_halving", "min_epochs": 2, "reduction_factor": 3}
-METHODS: dict[str, dict[str, Any]] = {
-    "random": {"sampler": "random", "from_curve": False, "pruner": None},
-    "tpe": {"sampler": "tpe", "from_curve": False, "pruner": None},
-    "sha": {"sampler": "tpe", "from_curve": False, "pruner": SHA},
-    "curve": {"sampler": "tpe", "from_curve": True, "pruner": None},
-    "curve+sha": {"sampler": "tpe", "from_curve": True, "pruner": SHA},
-    # Variants (not in the default run): 5 startup trials instead of TPE's 10, SHA from 2.
-    "tpe/5": {"sampler": "tpe", "from_curve": False, "pruner": None, "startup": 5},
-    "curve/5": {"sampler": "tpe", "from_curve": True, "pruner": None, "startup": 5},
-    "curve+sha/5": {"sampler": "tpe", "from_curve": True, "pruner": SHA, "startup": 5},
-    "curve+sha2/5": {"sampler": "tpe", "from_curve": True, "pruner": SHA2, "startup": 5},
+POLL_INTERVAL_S = 0.4  # about two polls per epoch: pruners and patience see every epoch
+MULTIPLIER = {"low": 0.3, "high": 10.0, "log": True}
+SPACES: dict[str, dict[str, Any]] = {
+    "vertex": {"batch_size": {"value": 16}, "learning_rate_multiplier": MULTIPLIER},
+    "all": {"batch_size": {"choices": [8, 16, 32]}, "learning_rate_multiplier": MULTIPLIER},
 }
-DEFAULT_METHODS = ("random", "tpe", "sha", "curve", "curve+sha")
+EPOCHS_SEARCHED = {"low": 1, "high": MAX_EPOCHS}
+FROM_CURVE = {"mode": "from_curve", "max": MAX_EPOCHS}
+METHODS: dict[str, dict[str, Any]] = {
+    "random": {"sampler": "random", "epochs": EPOCHS_SEARCHED},
+    "tpe": {"epochs": EPOCHS_SEARCHED},
+    "tpe+sha": {"epochs": EPOCHS_SEARCHED, "pruner": {
+        "kind": "successive_halving", "min_epochs": 1, "reduction_factor": 3}},
+    "curve": {"epochs": FROM_CURVE},
+    "curve+sha": {"epochs": FROM_CURVE, "pruner": {
+        "kind": "successive_halving", "min_epochs": 2, "reduction_factor": 3}},
+    "policy": {"epochs": {**FROM_CURVE, "patience": 2}, "pruner": {
+        "kind": "behind_leader", "ratio": 1.3, "min_epochs": 2}},
+}
+QUALITIES = ("observed", "mean of seeds")
 
 
 class SimClock:
@@ -87,39 +117,17 @@ class SimClock:
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    """One sweep: (cumulative tokens, incumbent quality) after each finished trial."""
+    """One sweep: (cumulative tokens, incumbent quality by each measure) per finished trial."""
 
-    points: tuple[tuple[float, float], ...]
+    points: tuple[tuple[float, tuple[float, ...]], ...]
     n_pruned: int
+    n_stopped: int
 
-    def tokens_to(self, target: float) -> float:
-        return next((tokens for tokens, quality in self.points if quality <= target), math.inf)
+    def tokens_to(self, target: float, quality: int) -> float:
+        return next((tokens for tokens, q in self.points if q[quality] <= target), math.inf)
 
-    @property
-    def best_quality(self) -> float:
-        return min((q for _, q in self.points), default=math.inf)
-
-
-def make_config(folder: Path, dataset: str, method: dict[str, Any], *, seed: int,
-                n_trials: int) -> SweepConfig:
-    data: dict[str, Any] = {
-        "name": "bench", "dataset": {"path": str(DATA_DIR / f"{dataset}.jsonl"),
-                                     "validation_split": 0.15, "seed": 0},
-        "backend": {"kind": "replay", "curves": str(DATA_DIR / f"curves_{dataset}.json"),
-                    "time_scale": _time_scale(dataset), "job_root": str(folder / "jobs")},
-        "search_space": {"epochs": {"low": 1, "high": MAX_EPOCHS},
-                         "batch_size": {"choices": [8, 16, 32]},
-                         "learning_rate_multiplier": {"low": 0.3, "high": 10.0, "log": True}},
-        "sampler": {"kind": method["sampler"], "seed": seed,
-                    "n_startup_trials": method.get("startup")},
-        "n_trials": n_trials, "concurrency": 1, "poll_interval_s": POLL_INTERVAL_S,
-        "storage": f"sqlite:///{folder / 'optuna.db'}", "config_dir": folder,
-    }
-    if method["pruner"]:
-        data["pruner"] = method["pruner"]
-    if method["from_curve"]:
-        data["search_space"]["epochs"] = {"mode": "from_curve", "max": MAX_EPOCHS}
-    return SweepConfig.model_validate(data)
+    def best(self, quality: int) -> float:
+        return min((q[quality] for _, q in self.points), default=math.inf)
 
 
 class RecordingTracker(NullTracker):
@@ -133,92 +141,157 @@ class RecordingTracker(NullTracker):
         return None
 
 
+def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], *,
+                seed: int, n_trials: int) -> SweepConfig:
+    data: dict[str, Any] = {
+        "name": "bench", "dataset": {"path": str(DATA_DIR / f"{dataset}.jsonl"),
+                                     "validation_split": 0.15, "seed": 0},
+        "backend": {"kind": "replay", "curves": str(DATA_DIR / f"curves_{dataset}.json"),
+                    "time_scale": _time_scale(dataset), "job_root": str(folder / "jobs")},
+        "search_space": {"epochs": method["epochs"], **SPACES[space]},
+        "sampler": {"kind": method.get("sampler", "tpe"), "seed": seed},
+        "n_trials": n_trials, "concurrency": 1, "poll_interval_s": POLL_INTERVAL_S,
+        "storage": f"sqlite:///{folder / 'optuna.db'}", "config_dir": folder,
+    }
+    if "pruner" in method:
+        data["pruner"] = method["pruner"]
+    return SweepConfig.model_validate(data)
+
+
 def _time_scale(dataset: str) -> float:
-    """Play the slowest recorded job at EPOCH_S per epoch (recorded jobs took 1-5 s)."""
+    """Play the slowest recorded job at EPOCH_S per epoch (recorded jobs took 0.4-2 s)."""
     records = load_curves(DATA_DIR / f"curves_{dataset}.json")
     return EPOCH_S * MAX_EPOCHS / min(r.duration_s for r in records)
 
 
-def run_one(dataset: str, method: dict[str, Any], *, seed: int, n_trials: int,
-            quality_of: Callable[[dict[str, Any], int], float]) -> Trace:
+class Truth:
+    """The recorded validation loss of the run the replay served a trial, and of its cell."""
+
+    def __init__(self, dataset: str) -> None:
+        self.records = tuple(load_curves(DATA_DIR / f"curves_{dataset}.json"))
+        cells: dict[tuple[Any, ...], list[dict[int, float]]] = {}
+        for record in self.records:
+            cells.setdefault(_cell(record), []).append(_eval_by_epoch(record))
+        self.cell_mean = {cell: {e: statistics.fmean(run[e] for run in runs) for e in runs[0]}
+                          for cell, runs in cells.items()}
+
+    def quality(self, outcome: TrialOutcome, epoch: int) -> tuple[float, float]:
+        record = self.records[nearest_record(self.records, outcome.knobs, epochs=1,
+                                             tie_break=outcome.key)]
+        recorded = _eval_by_epoch(record)
+        served = outcome.eval_epoch_loss or ()
+        if any(abs(recorded[e] - loss) > 1e-9 for e, loss in enumerate(served, start=1)):
+            raise AssertionError(f"trial {outcome.number}: the replay served another record")
+        return recorded[epoch], self.cell_mean[_cell(record)][epoch]
+
+
+@cache
+def _truth(dataset: str) -> Truth:
+    return Truth(dataset)
+
+
+def _cell(record: ReplayRecord) -> tuple[Any, ...]:
+    return record.params["batch_size"], record.params["learning_rate_multiplier"]
+
+
+def _eval_by_epoch(record: ReplayRecord) -> dict[int, float]:
+    return {p.epoch: p.eval_loss for p in record.curve if p.eval_loss is not None}
+
+
+def run_one(task: tuple[str, str, str, int, int]) -> tuple[tuple[str, str, str], Trace]:
+    space, dataset, method, seed, n_trials = task
+    _quiet()
     with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
         folder = Path(tmp)
-        config = make_config(folder, dataset, method, seed=seed, n_trials=n_trials)
+        config = make_config(folder, dataset, space, METHODS[method], seed=seed,
+                             n_trials=n_trials)
+        # The study's id goes into every idempotency key, and the key picks which seed of a
+        # cell the replay serves: fixed per benchmark seed, the served runs repeat and are
+        # the same for every method (paired comparison), not random per run.
+        open_study(config).set_user_attr(STUDY_ATTR_SWEEP_ID, f"{seed:032d}")
         clock = SimClock()
         backend = ReplayBackend(config.backend, base_dir=folder, clock=clock)  # type: ignore[arg-type]
         tracker = RecordingTracker()
         run_sweep(config, backend=backend, tracker=tracker, clock=clock, sleep=clock.sleep)
-    return _trace(tracker.outcomes, quality_of)
+    return (space, dataset, method), trace_of(tracker.outcomes, _truth(dataset))
 
 
-def _trace(outcomes: list[TrialOutcome],
-           quality_of: Callable[[dict[str, Any], int], float]) -> Trace:
-    points: list[tuple[float, float]] = []
-    tokens, incumbent_value, incumbent_quality = 0.0, math.inf, math.inf
+def trace_of(outcomes: Iterable[TrialOutcome], truth: Truth) -> Trace:
+    points: list[tuple[float, tuple[float, ...]]] = []
+    tokens, incumbent_value = 0.0, math.inf
+    quality: tuple[float, ...] = (math.inf, math.inf)
+    n_pruned = n_stopped = 0
     for outcome in outcomes:
         tokens += outcome.training_tokens
+        n_pruned += outcome.state is TrialState.PRUNED
+        n_stopped += outcome.stopped_after_epoch is not None
         is_better = outcome.state is TrialState.COMPLETE and outcome.value is not None \
             and outcome.value < incumbent_value
         if is_better:
             incumbent_value = outcome.value  # type: ignore[assignment]
-            epochs = outcome.recommended_epochs or outcome.plateau_epoch or 1
-            incumbent_quality = quality_of(outcome.knobs, min(epochs, MAX_EPOCHS))
-        points.append((tokens, incumbent_quality))
-    n_pruned = sum(o.state is TrialState.PRUNED for o in outcomes)
-    return Trace(points=tuple(points), n_pruned=n_pruned)
+            quality = truth.quality(outcome, outcome.plateau_epoch or 1)
+        points.append((tokens, quality))
+    return Trace(points=tuple(points), n_pruned=n_pruned, n_stopped=n_stopped)
 
 
-def truth_table(dataset: str) -> Callable[[dict[str, Any], int], float]:
-    """Recorded validation loss of the configuration the replay served, at ``epoch``."""
-    records = tuple(load_curves(DATA_DIR / f"curves_{dataset}.json"))
-
-    def quality_of(knobs: dict[str, Any], epoch: int) -> float:
-        record = records[nearest_record(records, knobs, epochs=1)]
-        by_epoch = {p.epoch: p.eval_loss for p in record.curve if p.eval_loss is not None}
-        return float(by_epoch[epoch])
-
-    return quality_of
+def _quiet() -> None:
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--n-trials", type=int, default=40)
+    parser.add_argument("--jobs", type=int, default=2, help="sweeps run at once")
+    parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                        choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
-    logging.disable(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    print(f"optuna {optuna.__version__}; TPE defaults (n_startup_trials=10); "
-          f"{args.seeds} seeds x {args.n_trials} trials; target: within {TARGET_GAP:.0%} "
-          "of the best incumbent any method reached")
-    for dataset in args.datasets:
-        started_s = time.monotonic()
-        quality_of = truth_table(dataset)
-        traces = {name: [run_one(dataset, METHODS[name], seed=seed, n_trials=args.n_trials,
-                                 quality_of=quality_of) for seed in range(args.seeds)]
-                  for name in args.methods}
-        print_table(dataset, traces, time.monotonic() - started_s)
+    _quiet()
+    methods = ["tpe", *[m for m in args.methods if m != "tpe"]]  # the ratio's base
+    print(f"optuna {optuna.__version__}; {args.seeds} seeds x {args.n_trials} trials per "
+          f"sweep; target: within {TARGET_GAP:.0%} of the best incumbent any method reached")
+    tasks = [(space, dataset, method, seed, args.n_trials) for space in args.spaces
+             for dataset in args.datasets for method in methods for seed in range(args.seeds)]
+    started_s = time.monotonic()
+    traces: dict[tuple[str, str, str], list[Trace]] = {}
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        for key, trace in pool.imap_unordered(run_one, tasks, chunksize=4):
+            traces.setdefault(key, []).append(trace)
+    print(f"({len(tasks)} sweeps in {time.monotonic() - started_s:.0f} s)")
+    for space in args.spaces:
+        for index, quality in enumerate(QUALITIES):
+            print_table(space, quality, index, args.datasets, methods, traces)
 
 
-def print_table(dataset: str, traces: dict[str, list[Trace]], elapsed_s: float) -> None:
-    best = min(t.best_quality for runs in traces.values() for t in runs)
-    target = best * (1 + TARGET_GAP)
-    base = _median([t.tokens_to(target) for t in traces.get("tpe", [])])
-    print(f"\n{dataset}: best validation loss {best:.4f}, target <= {target:.4f} "
-          f"({elapsed_s:.0f} s)")
-    print("| method    | median tokens to target | vs tpe | reached | pruned/sweep |")
-    print("|-----------|------------------------:|-------:|--------:|-------------:|")
-    for name, runs in traces.items():
-        costs = [t.tokens_to(target) for t in runs]
-        median = _median(costs)
-        ratio = median / base if math.isfinite(base) and base > 0 else math.nan
-        reached = sum(math.isfinite(c) for c in costs)
-        pruned = statistics.mean(t.n_pruned for t in runs)
-        print(f"| {name:<9} | {_fmt(median):>23} | {ratio:>6.2f} | {reached:>3}/{len(runs):<3} "
-              f"| {pruned:>12.1f} |")
+def print_table(space: str, quality: str, index: int, datasets: list[str], methods: list[str],
+                traces: dict[tuple[str, str, str], list[Trace]]) -> None:
+    targets = {}
+    for dataset in datasets:
+        best = min(t.best(index) for m in methods for t in traces[(space, dataset, m)])
+        targets[dataset] = best * (1 + TARGET_GAP)
+    print(f"\nspace {space}, quality = {quality} validation loss; each cell: median tokens "
+          "to the target (ratio to tpe) seeds that reached it")
+    print("targets: " + ", ".join(f"{d} <= {t:.4f}" for d, t in targets.items()))
+    print("| method | " + " | ".join(datasets) + " | pruned / stopped per sweep |")
+    print("|---|" + "---:|" * len(datasets) + "---:|")
+    for method in methods:
+        cells = []
+        for dataset in datasets:
+            runs = traces[(space, dataset, method)]
+            base = _median([t.tokens_to(targets[dataset], index)
+                            for t in traces[(space, dataset, "tpe")]])
+            costs = [t.tokens_to(targets[dataset], index) for t in runs]
+            median = _median(costs)
+            ratio = median / base if math.isfinite(base) and base > 0 else math.nan
+            reached = sum(math.isfinite(c) for c in costs)
+            cells.append(f"{_fmt(median)} ({ratio:.2f}) {reached}/{len(runs)}")
+        all_runs = [t for d in datasets for t in traces[(space, d, method)]]
+        pruned = statistics.mean(t.n_pruned for t in all_runs)
+        stopped = statistics.mean(t.n_stopped for t in all_runs)
+        print(f"| {method} | " + " | ".join(cells) + f" | {pruned:.1f} / {stopped:.1f} |")
 
 
 def _median(values: list[float]) -> float:

@@ -9,8 +9,9 @@ The file is JSON, a list of recorded trials::
 
 ``time_s`` (seconds since the job started) is optional on every point; without it the points
 are spread evenly over ``duration_s``. ``training_tokens`` (for the whole recorded run) or
-``tokens_per_epoch`` are optional. The file is validated with pydantic at this edge and turned
-into frozen dataclasses inside.
+``tokens_per_epoch`` are optional. ``seed`` (optional) tells apart several recordings of the
+same knobs: the replay serves each job one of them, as real training varies run to run.
+The file is validated with pydantic at this edge and turned into frozen dataclasses inside.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class ReplayRecord:
     duration_s: float
     training_tokens: int | None = None
     tokens_per_epoch: int | None = None
+    seed: int | None = None
 
     @property
     def max_epochs(self) -> int:
@@ -91,6 +93,8 @@ class ReplayRecord:
             data["training_tokens"] = self.training_tokens
         if self.tokens_per_epoch is not None:
             data["tokens_per_epoch"] = self.tokens_per_epoch
+        if self.seed is not None:
+            data["seed"] = self.seed
         return data
 
 
@@ -126,6 +130,7 @@ class _RecordModel(BaseModel):
     duration_s: FiniteFloat = Field(ge=0)
     training_tokens: int | None = Field(default=None, ge=0)
     tokens_per_epoch: int | None = Field(default=None, ge=0)
+    seed: int | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> _RecordModel:
@@ -212,6 +217,7 @@ def _to_record(model: _RecordModel) -> ReplayRecord:
         duration_s=model.duration_s,
         training_tokens=model.training_tokens,
         tokens_per_epoch=model.tokens_per_epoch,
+        seed=model.seed,
     )
 
 

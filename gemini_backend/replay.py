@@ -1,7 +1,9 @@
 """Replay backend: serves recorded loss curves so sweep policies can be tried at no cost.
 
 A request gets the recorded trial nearest to its knobs (the learning-rate multiplier and the
-batch size compared on a log scale), among those that ran at least the requested epochs; the
+batch size compared on a log scale), among those that ran at least the requested epochs; when
+the file holds several recordings of those knobs (seeds), the job's idempotency key picks one,
+so trials see run-to-run noise and a resubmitted trial sees the same run again. The
 curve is truncated to the requested epochs and played out in wall-clock time, each point
 revealed ``time_s x time_scale`` seconds after submit (``time_scale: 0`` = at once).
 
@@ -17,6 +19,7 @@ The curves file format is described in :mod:`gemini_backend._replay_curves`.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import math
 import time
@@ -153,7 +156,8 @@ class ReplayBackend(BaseBackend):
         existing = self.find(request.idempotency_key)
         if existing is not None:
             return existing
-        index = nearest_record(self._records, request.knobs(), epochs=request.epochs)
+        index = nearest_record(self._records, request.knobs(), epochs=request.epochs,
+                               tie_break=request.idempotency_key)
         job = self._new_job(request, index)
         if self._store.create(job):
             logger.info(
@@ -214,12 +218,15 @@ def nearest_record(
     knobs: Mapping[str, Any],
     *,
     epochs: int,
+    tie_break: str | None = None,
 ) -> int:
     """The index of the record nearest to ``knobs`` among those with at least ``epochs``.
 
     Each knob's difference is divided by its spread over the file, so knobs on different
-    scales weigh alike; the multiplier and batch size are compared as logarithms. Ties go
-    to the earlier record, so the choice is repeatable.
+    scales weigh alike; the multiplier and batch size are compared as logarithms. Records
+    equally near (recordings of the same knobs with other seeds) are chosen between by a
+    hash of ``tie_break`` (the job's idempotency key), else the earliest wins: either way the
+    choice is repeatable.
 
     Raises:
         InvalidRequestError: no record reaches ``epochs``.
@@ -232,7 +239,13 @@ def nearest_record(
             f"{epochs} were requested; ask for at most {most} or record longer curves"
         )
     spreads = _spreads(records, knobs)
-    return min(eligible, key=lambda i: _distance(records[i].params, knobs, spreads))
+    distances = {i: _distance(records[i].params, knobs, spreads) for i in eligible}
+    nearest = min(distances.values())
+    tied = [i for i in eligible if distances[i] <= nearest]
+    if tie_break is None or len(tied) == 1:
+        return tied[0]
+    digest = hashlib.sha256(tie_break.encode("utf-8")).digest()
+    return tied[int.from_bytes(digest[:8], "big") % len(tied)]
 
 
 def _scaled(name: str, value: Any) -> float | None:

@@ -4,14 +4,18 @@ Writes two small datasets of tasks other than the seed's (``reverse_word``: a ma
 spelled backwards; ``digit_sum``: the sum of a string of digits) next to
 ``configs/data/next_number.jsonl``, then trains a grid of REAL local jobs on each of the three
 (the byte transformer of :mod:`gemini_backend.local`, 8 epochs, batch size 8/16/32, learning
-rate multiplier on a log grid) and writes ``configs/data/curves_<dataset>.json`` in the replay
-format, with each job's real tokens per epoch, step times and duration.
+rate multiplier on a log grid, each cell trained with 3 seeds) and writes
+``configs/data/curves_<dataset>.json`` in the replay format, with each job's real tokens per
+epoch, step times and duration. The seed (weights' init and data order) is kept in the
+record's ``seed``: the replay backend serves a trial one of a cell's seeds, so a sweep sees
+the run-to-run noise of real training, and the benchmark scores a configuration by the mean
+over its seeds (what it is worth, not what one lucky run showed).
 
 The local backend trains with a constant learning rate and a fixed data order per seed, so
 the first k epochs of an 8-epoch recording are exactly a k-epoch job: the replay backend's
 truncation is faithful here. ``benchmarks/cost_efficiency.py`` replays these files.
 
-Usage (about 5 minutes on 2 cores)::
+Usage (about 15 minutes on 2 cores)::
 
     python scripts/record_curve_sets.py                 # all three datasets
     python scripts/record_curve_sets.py --datasets digit_sum --jobs 1
@@ -39,7 +43,8 @@ from sweeps.dataset import load_dataset
 DATA_DIR = Path(__file__).resolve().parent.parent / "configs" / "data"
 EPOCHS = 8
 BATCH_SIZES = (8, 16, 32)
-MULTIPLIERS = (0.3, 0.6, 1.2, 2.5, 5.0, 10.0)
+MULTIPLIERS = (0.3, 0.5, 0.8, 1.3, 2.2, 3.6, 6.0, 10.0)  # about x1.65 apart, log grid
+SEEDS = (0, 1, 2)
 VALIDATION_SPLIT = 0.15
 SPLIT_SEED = 0
 N_EXAMPLES = 220
@@ -85,19 +90,20 @@ def record_dataset(name: str, backend: LocalBackend, *, n_parallel: int) -> list
     """Train the whole grid on one dataset, ``n_parallel`` jobs at a time."""
     dataset = load_dataset(DATA_DIR / f"{name}.jsonl")
     train, validation = dataset.split(VALIDATION_SPLIT, SPLIT_SEED)
-    grid = [(b, m) for b in BATCH_SIZES for m in MULTIPLIERS]
+    grid = [(b, m, seed) for b in BATCH_SIZES for m in MULTIPLIERS for seed in SEEDS]
     pending = list(grid)
-    running: dict[tuple[int, float], object] = {}
+    running: dict[tuple[int, float, int], object] = {}
     records: list[ReplayRecord] = []
     while pending or running:
         while pending and len(running) < n_parallel:
-            batch_size, multiplier = pending.pop(0)
+            batch_size, multiplier, seed = pending.pop(0)
             request = JobRequest(
                 train=dataset.prepared(train), validation=dataset.prepared(validation),
                 epochs=EPOCHS, learning_rate_multiplier=multiplier, batch_size=batch_size,
-                base_model="byte-transformer", display_name=f"{name} b{batch_size} m{multiplier}",
-                idempotency_key=f"rec-{name}-b{batch_size}-m{multiplier}", seed=SPLIT_SEED)
-            running[(batch_size, multiplier)] = backend.submit(request)
+                base_model="byte-transformer",
+                display_name=f"{name} b{batch_size} m{multiplier} s{seed}",
+                idempotency_key=f"rec-{name}-b{batch_size}-m{multiplier}-s{seed}", seed=seed)
+            running[(batch_size, multiplier, seed)] = backend.submit(request)
         time.sleep(POLL_INTERVAL_S)
         for knobs, ref in list(running.items()):
             status = backend.poll(ref)  # type: ignore[arg-type]
@@ -108,13 +114,14 @@ def record_dataset(name: str, backend: LocalBackend, *, n_parallel: int) -> list
                 raise SystemExit(f"{name} {knobs}: job ended {status.state}: "
                                  f"{status.error_message}")
             records.append(_record(backend, ref, knobs, status.training_tokens or 0))
-            print(f"  {name} batch={knobs[0]} multiplier={knobs[1]}: "
+            print(f"  {name} batch={knobs[0]} multiplier={knobs[1]} seed={knobs[2]}: "
                   f"{records[-1].duration_s:.1f}s", flush=True)
     return sorted(records, key=lambda r: (r.params["batch_size"],
-                                          r.params["learning_rate_multiplier"]))
+                                          r.params["learning_rate_multiplier"],
+                                          r.seed or 0))
 
 
-def _record(backend: LocalBackend, ref: object, knobs: tuple[int, float],
+def _record(backend: LocalBackend, ref: object, knobs: tuple[int, float, int],
             training_tokens: int) -> ReplayRecord:
     """The job's curve with its real step times, read from its ``curve.jsonl``."""
     curve_file = backend.job_root / ref.job_id / "curve.jsonl"  # type: ignore[attr-defined]
@@ -128,6 +135,7 @@ def _record(backend: LocalBackend, ref: object, knobs: tuple[int, float],
         for r in rows)
     return ReplayRecord(
         params={"epochs": EPOCHS, "batch_size": knobs[0], "learning_rate_multiplier": knobs[1]},
+        seed=knobs[2],
         curve=points, duration_s=points[-1].time_s or 0.0,
         tokens_per_epoch=round(training_tokens / EPOCHS))
 

@@ -92,6 +92,9 @@ class FromCurve(Strict):
 
     mode: Literal["from_curve"]
     max: int = Field(ge=1, description="the epochs every trial runs")
+    patience: int | None = Field(
+        default=None, ge=1, description="cancel a job once its loss has gone this many "
+        "epochs without a new best; the trial is scored on the epochs it ran")
 
 
 def _knob_shape(value: Any) -> str:

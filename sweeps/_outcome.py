@@ -72,7 +72,12 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
     A job that succeeded but whose curve cannot be scored (no finite loss, no validation
     loss for ``objective: eval_loss``) fails its trial with the reason, so it is visible.
     """
-    train, evaluation = epoch_means(job.snapshots) if job.snapshots else ([], None)
+    stopped_after = job.stopped_after_epoch
+    # A job stopped past its plateau is scored on the epochs that had ended when it was
+    # stopped; the steps it ran until the cancel took effect are still recorded.
+    scored = (job.snapshots if stopped_after is None
+              else tuple(s for s in job.snapshots if s.epoch <= stopped_after))
+    train, evaluation = epoch_means(scored) if scored else ([], None)
     tokens = budget.actual_tokens(reported=job.training_tokens, estimate=job.estimate_tokens,
                                   epochs_completed=job.epochs_completed, epochs=job.epochs)
     base: dict[str, Any] = dict(
@@ -83,7 +88,9 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
     )
     if job.pruned:
         return TrialOutcome(state=TrialState.PRUNED, **base)
-    if final_state is not JobState.SUCCEEDED:
+    if stopped_after is not None:
+        base["stopped_after_epoch"] = stopped_after
+    elif final_state is not JobState.SUCCEEDED:
         return TrialOutcome(state=TrialState.FAIL, fail_reason=_failure_reason(job, final_state),
                             **base)
     quality = config.objectives[0]

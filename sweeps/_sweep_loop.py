@@ -41,6 +41,8 @@ from sweeps._sweep_state import SweepState
 from sweeps._trial_state import InFlight
 from sweeps._trial_state import TrialOutcome
 from sweeps.config import SweepConfig
+from sweeps.fidelity import curve_patience
+from sweeps.fidelity import plateau_passed
 from sweeps.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ class SweepLoop:
         self._can_prune = self._can_prune and not self._is_multi_objective
         self._report_sign = (-1.0 if ctx.study.directions[0]
                              is optuna.study.StudyDirection.MAXIMIZE else 1.0)
+        self._patience = curve_patience(ctx.config.search_space.epochs)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -141,6 +144,12 @@ class SweepLoop:
         return len(self._recording) + len(self._retries)
 
     def _submit_ready_trials(self) -> None:
+        if self.ctx.config.concurrency == 1 and self._recording:
+            # A sequential sweep proposes each trial knowing every earlier result: the next
+            # ask waits until the finished trial is written and told. Asking at once made the
+            # proposal depend on how fast the writer thread was (a race seen in the cost
+            # benchmark, where the same seed gave different sweeps).
+            return
         while self.state.may_start_trial(self._n_writes()):
             job = self.state.next_trial(self.ctx, self._clock())
             if job is None:
@@ -299,11 +308,17 @@ class SweepLoop:
         was_pruned_before = (status.state is JobState.CANCELLED and bool(job.reported_epochs)
                              and self._can_prune and job.trial.should_prune())
         job.pruned = job.pruned or was_pruned_before
+        # Likewise stopped past its plateau (from_curve patience): it completes, not fails.
+        was_stopped_before = status.state is JobState.CANCELLED and not job.pruned
+        if was_stopped_before and job.stopped_after_epoch is None:
+            job.stopped_after_epoch = self._plateau_passed_at(job)
         if is_terminal:
             self._finish_or_evaluate(job, outcome_of(self.ctx.config, job,
                                                      final_state=status.state))
         elif should_prune:
             self._prune(job)
+        elif (passed_at := self._plateau_passed_at(job)) is not None:
+            self._stop_at_plateau(job, passed_at)
 
     def _report_epochs(self, job: InFlight, *, is_terminal: bool) -> bool:
         """Report each newly ended epoch's loss; True when the pruner wants the trial gone."""
@@ -318,7 +333,34 @@ class SweepLoop:
             job.reported_epochs.add(epoch)
         return bool(new_epochs) and self._can_prune and job.trial.should_prune()
 
+    def _plateau_passed_at(self, job: InFlight) -> int | None:
+        """The last ended epoch, when from_curve patience says the job is past its plateau."""
+        if self._patience is None:
+            return None
+        losses = ts.completed_epoch_losses(job.snapshots, is_terminal=False,
+                                           use_eval=bool(self.ctx.data.validation))
+        return max(losses) if plateau_passed(losses, self._patience) else None
+
     def _prune(self, job: InFlight) -> None:
+        assert job.ref is not None
+        self._cancel(job)
+        logger.info("trial=%d job=%s pruned after epoch %d", job.number, job.ref.job_id,
+                    max(job.reported_epochs))
+        job.pruned = True
+        self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
+
+    def _stop_at_plateau(self, job: InFlight, last_epoch: int) -> None:
+        """from_curve patience: the job is past its plateau; it completes on the epochs that
+        had ended (``last_epoch``), not pruned: its best epoch is known."""
+        assert job.ref is not None
+        job.stopped_after_epoch = last_epoch
+        self._cancel(job)
+        logger.info("trial=%d job=%s stopped after epoch %s: %d epochs without a new best",
+                    job.number, job.ref.job_id, job.stopped_after_epoch, self._patience)
+        self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
+
+    def _cancel(self, job: InFlight) -> None:
+        """Cancel the job (a few tries) and keep the points it reported up to the cancel."""
         assert job.ref is not None
         for attempt in range(3):
             try:
@@ -332,10 +374,6 @@ class SweepLoop:
             job.snapshots = self.ctx.backend.poll(job.ref).snapshots or job.snapshots
         except BackendError as exc:
             logger.debug("trial=%d final poll after cancel failed: %s", job.number, exc)
-        logger.info("trial=%d job=%s pruned after epoch %d", job.number, job.ref.job_id,
-                    max(job.reported_epochs))
-        job.pruned = True
-        self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
 
     def _finish(self, job: InFlight, outcome: TrialOutcome) -> None:
         self.state.job_finished(job, outcome)

@@ -44,6 +44,8 @@ ATTR_RECOMMENDED_EPOCHS = "recommended_epochs"
 ATTR_LOSS_AT_PLATEAU = "loss_at_plateau"
 ATTR_FLAGS = "flags"
 ATTR_COST = "cost"
+#: A from_curve job cancelled ``patience`` epochs past its best (sweeps.fidelity): its epoch.
+ATTR_STOPPED_AFTER = "stopped_after_epoch"
 #: Checkpoints the service kept ``[{"checkpoint_id", "epoch", "step"}]`` (Vertex, local).
 ATTR_CHECKPOINTS = "checkpoints"
 #: Study user attribute: a random id that makes idempotency keys unique to this study.
@@ -88,6 +90,8 @@ class InFlight:
     checkpoints: tuple[Checkpoint, ...] = ()
     reported_epochs: set[int] = field(default_factory=set)
     pruned: bool = False
+    # Set when from_curve patience cancelled the job: the last epoch it is scored on.
+    stopped_after_epoch: int | None = None
     last_heartbeat_s: float = -math.inf
 
     @property
@@ -133,6 +137,7 @@ class TrialOutcome:
     cost: float | None = None
     fail_reason: str | None = None
     checkpoints: tuple[Checkpoint, ...] = ()
+    stopped_after_epoch: int | None = None  # from_curve patience cancelled the job here
     # Held-out evaluation (sweeps._eval_run): mean score by metric key, e.g. eval_chrf.
     eval_scores: dict[str, float] = field(default_factory=dict)
     eval_rows: tuple[EvalRow, ...] = ()
@@ -154,6 +159,8 @@ class TrialOutcome:
             attrs[ATTR_FLAGS] = dict(self.flags)
         if self.fail_reason:
             attrs[ATTR_FAIL_REASON] = self.fail_reason
+        if self.stopped_after_epoch is not None:
+            attrs[ATTR_STOPPED_AFTER] = self.stopped_after_epoch
         if self.eval_scores:
             attrs[ATTR_EVAL] = dict(self.eval_scores)
         if self.eval_tokens:

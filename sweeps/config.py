@@ -82,13 +82,23 @@ class SuccessiveHalvingPrunerConfig(Strict):
     min_early_stopping_rate: int = Field(default=0, ge=0)
 
 
+class LeaderGapPrunerConfig(Strict):
+    """Cancel a job whose loss at an epoch is more than ``ratio`` x the lowest loss any other
+    trial had at that epoch (:class:`sweeps.pruners.LeaderGapPruner`); never before
+    ``min_epochs``. Unlike rank-based rules it keeps configurations that learn late."""
+
+    kind: Literal["behind_leader"]
+    ratio: float = Field(default=1.3, gt=1.0, description="how far behind the leader")
+    min_epochs: int = Field(default=2, ge=1, description="epochs before any cancel")
+
+
 _PRUNER_MODELS = (NoPruner, MedianPrunerConfig, PatientPrunerConfig, HyperbandPrunerConfig,
-                  SuccessiveHalvingPrunerConfig)
+                  SuccessiveHalvingPrunerConfig, LeaderGapPrunerConfig)
 PRUNER_KINDS = tuple(get_args(model.model_fields["kind"].annotation)[0]
                      for model in _PRUNER_MODELS)
 PrunerConfig = Annotated[
     NoPruner | MedianPrunerConfig | PatientPrunerConfig | HyperbandPrunerConfig
-    | SuccessiveHalvingPrunerConfig,
+    | SuccessiveHalvingPrunerConfig | LeaderGapPrunerConfig,
     Field(discriminator="kind"),
 ]
 
@@ -241,6 +251,15 @@ class SweepConfig(Strict):
         return value
 
     @model_validator(mode="after")
+    def _patience_leaves_a_model_to_evaluate(self) -> SweepConfig:
+        epochs = self.search_space.epochs
+        if isinstance(epochs, FromCurve) and epochs.patience and self.evaluation.enabled:
+            raise ValueError(
+                "search_space.epochs.patience cancels jobs past their plateau, and a cancelled "
+                "job leaves no tuned model to evaluate: remove patience or disable evaluation")
+        return self
+
+    @model_validator(mode="after")
     def _objective_is_known(self) -> SweepConfig:
         names = [self.objective] if isinstance(self.objective, str) else list(self.objective)
         if isinstance(self.objective, list) and (len(names) != 2 or names[1] != "cost"):
@@ -343,6 +362,7 @@ __all__ = [
     "HyperbandPrunerConfig",
     "IntRange",
     "KnobSpec",
+    "LeaderGapPrunerConfig",
     "MedianPrunerConfig",
     "PatientPrunerConfig",
     "PlateauConfig",

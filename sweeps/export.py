@@ -130,8 +130,10 @@ def recommend(trial: TrialRecord) -> Recommendation:
     if plateau is not None:
         loss = f" (smoothed loss {trial.loss_at_plateau:.4g})" if trial.loss_at_plateau \
             is not None else ""
+        ran = (f"{trial.stopped_after_epoch} of its {epochs_run}" if trial.stopped_after_epoch
+               else str(epochs_run))
         notes.append(f"epochs = {epochs}: the loss curve of trial {trial.number} plateaus at "
-                     f"epoch {plateau}{loss}; the trial ran {epochs_run} epochs.")
+                     f"epoch {plateau}{loss}; the trial ran {ran} epochs.")
     else:
         notes.append(f"epochs = {epochs}: no plateau was recorded; kept the epochs it ran.")
     if flags.get("not_converged"):
@@ -149,6 +151,12 @@ def recommend(trial: TrialRecord) -> Recommendation:
     if trial.epochs_mode == FROM_CURVE and plateau is not None:
         notes.append(f"epochs from the curve (search_space.epochs mode from_curve): "
                      f"{schedule_caveat(epochs=int(epochs), max_epochs=epochs_run)}")
+    if trial.stopped_after_epoch is not None:
+        notes.append(f"stopped early: the job was cancelled after epoch "
+                     f"{trial.stopped_after_epoch}, past its plateau (search_space.epochs "
+                     "patience). Deploy a kept checkpoint of that job if the service has one "
+                     "(the local backend keeps them; whether Vertex keeps those of a cancelled "
+                     f"job is not documented); otherwise tune again with epochs = {epochs}.")
     if plateau is not None and plateau != epochs_run:
         notes.append(_schedule_note(plateau, epochs_run, checkpoint))
     return Recommendation(epochs=int(epochs), epochs_run=epochs_run, plateau_epoch=plateau,

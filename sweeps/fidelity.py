@@ -7,6 +7,12 @@ every trial runs ``max`` epochs, its objective is taken at its plateau epoch, an
 is what ``recommended_epochs`` and the export recommend (on Vertex, the checkpoint at that
 epoch; reference/anchors.md (d) item 4).
 
+With ``patience: p`` a job whose loss has gone ``p`` epochs without a new best is cancelled
+and its trial completes on the epochs it ran: the epochs after a plateau only confirm it (or
+the overfitting), and they are paid for. On the local backend the checkpoints of a cancelled
+job are kept; whether Vertex keeps those of a cancelled job is not documented, so the export
+then says to tune again with the recommended epochs.
+
 Caveat: epoch k of an N-epoch job is a k-epoch job only when the learning-rate schedule does
 not depend on N. The local backend trains at a constant rate, so they are the same there; a
 service that decays the rate over the job's length (Vertex and the Gemini API do not document
@@ -15,6 +21,7 @@ their schedule) trains epoch k of a long job at a higher rate than the end of a 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sweeps.config import FromCurve
@@ -42,8 +49,22 @@ def curve_epochs(spec: FromCurve) -> int:
     return int(spec.max)
 
 
-__all__ = ["ATTR_EPOCHS_MODE", "FROM_CURVE", "FromCurve", "curve_epochs", "is_from_curve",
-           "schedule_caveat"]
+def curve_patience(spec: Any) -> int | None:
+    """Epochs without a new best after which a from_curve job is stopped (None: never)."""
+    return spec.patience if isinstance(spec, FromCurve) else None
+
+
+def plateau_passed(epoch_losses: Mapping[int, float], patience: int | None) -> bool:
+    """Has the curve gone ``patience`` epochs past its best, so that what follows could only
+    confirm the plateau or the overfitting? ``epoch_losses`` holds the epochs that ended."""
+    if patience is None or not epoch_losses:
+        return False
+    best_epoch = min(epoch_losses, key=lambda epoch: (epoch_losses[epoch], epoch))
+    return max(epoch_losses) - best_epoch >= patience
+
+
+__all__ = ["ATTR_EPOCHS_MODE", "FROM_CURVE", "FromCurve", "curve_epochs", "curve_patience",
+           "is_from_curve", "plateau_passed", "schedule_caveat"]
 
 
 def schedule_caveat(*, epochs: int, max_epochs: int) -> str:

@@ -67,6 +67,7 @@ class TrialRecord:
     checkpoints: tuple[dict[str, Any], ...] = ()
     warm_start_from: str | None = None  # "<source>#<trial>": run by an earlier sweep
     epochs_mode: str | None = None  # "from_curve": ran max epochs, epoch chosen from curve
+    stopped_after_epoch: int | None = None  # from_curve patience cancelled the job here
     values: tuple[float, ...] = ()  # every objective (quality, cost) when multi-objective
     eval_scores: dict[str, float] = field(default_factory=dict)  # eval_chrf, eval_<custom>
     eval_tokens: int | None = None
@@ -190,6 +191,7 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
         if isinstance(checkpoints, list) else (),
         warm_start_from=attrs.get(ATTR_WARM_START_FROM),
         epochs_mode=attrs.get(ATTR_EPOCHS_MODE),
+        stopped_after_epoch=_int_or_none(attrs.get(ts.ATTR_STOPPED_AFTER)),
     )
 
 

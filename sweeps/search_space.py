@@ -19,6 +19,7 @@ from sweeps.config import FromCurve
 from sweeps.config import HyperbandPrunerConfig
 from sweeps.config import IntRange
 from sweeps.config import KnobSpec
+from sweeps.config import LeaderGapPrunerConfig
 from sweeps.config import MedianPrunerConfig
 from sweeps.config import PatientPrunerConfig
 from sweeps.config import SamplerConfig
@@ -26,6 +27,7 @@ from sweeps.config import SearchSpace
 from sweeps.config import SuccessiveHalvingPrunerConfig
 from sweeps.config import SweepConfig
 from sweeps.errors import ConfigError
+from sweeps.pruners import LeaderGapPruner
 
 logger = logging.getLogger(__name__)
 
@@ -146,4 +148,6 @@ def make_pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=pruner.min_epochs, reduction_factor=pruner.reduction_factor,
             min_early_stopping_rate=pruner.min_early_stopping_rate)
+    if isinstance(pruner, LeaderGapPrunerConfig):
+        return LeaderGapPruner(ratio=pruner.ratio, min_epochs=pruner.min_epochs)
     return optuna.pruners.NopPruner()

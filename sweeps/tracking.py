@@ -228,6 +228,8 @@ class MlflowTracker:
         tags = _job_tags(outcome.job_ref.to_dict() if outcome.job_ref else None)
         tags.update({f"gemini_sweep.flag.{flag}": str(bool(is_set)).lower()
                      for flag, is_set in outcome.flags.items()})
+        if outcome.stopped_after_epoch is not None:
+            tags["gemini_sweep.stopped_after_epoch"] = str(outcome.stopped_after_epoch)
         if outcome.fail_reason:
             tags["gemini_sweep.fail_reason"] = outcome.fail_reason[:_MAX_TAG_CHARS]
         if outcome.eval_error:

@@ -106,6 +106,8 @@ def trials_table(results: SweepResults, *, show_job: bool = True) -> Table:
 def _state_text(trial: TrialRecord, style: str) -> str:
     # A warm-start copy was run by an earlier sweep: say so, and never star it as best.
     state = f"WARM ({trial.warm_start_from})" if trial.is_warm_start else trial.state
+    if trial.stopped_after_epoch is not None:  # from_curve patience: done, past its plateau
+        state += f" (stopped at {trial.stopped_after_epoch})"
     return f"[{style}]{state}[/]" if style and not trial.is_warm_start else state
 
 

@@ -125,6 +125,27 @@ def test_batch_size_counts_too_and_short_records_are_skipped(tmp_path) -> None:
     assert near_16.snapshots[0].loss == records[2].curve[0].loss
 
 
+def seeded_record(seed: int) -> ReplayRecord:
+    """One of several recordings of the same knobs: its eval loss tells the seed apart."""
+    base = make_record(1.0)
+    curve = tuple(ReplayPoint(p.step, p.epoch, p.loss + seed, eval_loss=seed) for p in base.curve)
+    return ReplayRecord(params=base.params, curve=curve, duration_s=base.duration_s, seed=seed)
+
+
+def test_recordings_of_the_same_knobs_are_served_by_key_each_one_again_on_resubmit(
+        tmp_path) -> None:
+    records = [seeded_record(seed) for seed in range(3)]
+    backend = build(tmp_path / "a", records, time_scale=0)
+    served = {key: backend.poll(backend.submit(request(key))).snapshots[-1].eval_loss
+              for key in (f"trial-{i}" for i in range(30))}
+    assert set(served.values()) == {0, 1, 2}  # every seed is played to some trial
+    again = build(tmp_path / "b", records, time_scale=0)  # a new process, the same keys
+    assert {key: again.poll(again.submit(request(key))).snapshots[-1].eval_loss
+            for key in served} == served
+    assert [r.seed for r in load_curves(write_curves_file(records, tmp_path / "c.json"))] \
+        == [0, 1, 2]
+
+
 def test_the_curve_is_cut_at_the_requested_epochs(tmp_path) -> None:
     record = make_record(1.0, epochs=3, tokens_per_epoch=500)
     backend = build(tmp_path, [record], time_scale=0)
@@ -421,7 +442,10 @@ def test_the_demo_config_builds_a_backend_for_its_search_space(repo_root, tmp_pa
     assert backend.curves_path == repo_root / "configs" / "data" / "curves_next_number.json"
     records = load_curves(backend.curves_path)
     grid = {(r.params["batch_size"], r.params["learning_rate_multiplier"]) for r in records}
-    assert {b for b, _ in grid} == {8, 16, 32} and len(grid) == len(records)
+    assert {b for b, _ in grid} == {8, 16, 32} and len(grid) == 24
+    runs = {(r.params["batch_size"], r.params["learning_rate_multiplier"], r.seed)
+            for r in records}
+    assert len(runs) == len(records) == 3 * len(grid)  # each cell recorded with 3 seeds
     assert all(r.max_epochs == 8 and r.duration_s > 0 for r in records)
 
 

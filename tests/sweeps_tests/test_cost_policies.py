@@ -7,6 +7,7 @@ studies; status and export run through the real CLI.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
+from gemini_backend.replay import ReplayBackend
 from sweeps import _trial_state as ts
 from sweeps import load_config
 from sweeps.cli import app
@@ -206,3 +208,129 @@ def test_status_and_export_show_the_cheapest_trial_within_tolerance(tmp_path, cl
     assert exported.exit_code == 0, exported.output
     assert f'"trial": {results.cheapest.number}' in exported.output
     assert "cheapest_within_tolerance" in exported.output
+
+
+# --- cancel only the jobs far behind the leader -------------------------------------------
+
+
+def test_behind_leader_cancels_the_far_behind_and_keeps_the_slightly_behind(make_config, clock):
+    # 8.0 trails the leader (1.0) several-fold from epoch 1; 1.1 trails by ~30%, as a late
+    # learner does. Successive halving (keep the top half) cancels both; behind_leader keeps 1.1.
+    outcomes = {}
+    for name, pruner in [("sha", {"kind": "successive_halving", "reduction_factor": 2}),
+                         ("gap", {"kind": "behind_leader", "ratio": 2.0, "min_epochs": 2})]:
+        config = make_config(name=name, n_trials=3, concurrency=1, pruner=pruner,
+                             search_space={**SPACE, "epochs": {"value": 5}})
+        study = open_study(config)
+        for multiplier in (1.0, 1.1, 8.0):
+            study.enqueue_trial({"learning_rate_multiplier": multiplier})
+        backend = FakeBackend(clock=clock)
+        run(config, backend, clock)
+        outcomes[name] = [(t.state, max(t.intermediate_values)) for t in open_study(config).trials]
+    assert outcomes["sha"][1][0] is TrialState.PRUNED
+    assert outcomes["gap"] == [(TrialState.COMPLETE, 5), (TrialState.COMPLETE, 5),
+                               (TrialState.PRUNED, 2)]  # cancelled at min_epochs, not before
+
+
+def test_behind_leader_compares_losses_in_a_maximized_study_too() -> None:
+    from sweeps.pruners import LeaderGapPruner
+
+    pruner = LeaderGapPruner(ratio=1.5, min_epochs=1)
+    study = optuna.create_study(direction="maximize", pruner=pruner)  # eval_* objective
+    leader = study.ask()
+    leader.report(-1.0, 1)  # the loop reports -loss when the objective is maximized
+    study.tell(leader, 0.9)
+    close, far = study.ask(), study.ask()
+    close.report(-1.4, 1)
+    far.report(-1.6, 1)
+    assert not close.should_prune() and far.should_prune()
+    with pytest.raises(ValueError, match="ratio"):
+        LeaderGapPruner(ratio=1.0)
+
+
+# --- from_curve patience: stop a job once its plateau is behind it --------------------------
+
+
+def _overfitting_record(multiplier: float, best_epoch: int, *, best: float, epochs: int = 8,
+                        steps_per_epoch: int = 2) -> dict[str, Any]:
+    """A recorded job whose validation loss is lowest at ``best_epoch`` and rises after."""
+    curve = []
+    for step in range(1, epochs * steps_per_epoch + 1):
+        epoch = (step - 1) // steps_per_epoch + 1
+        point: dict[str, Any] = {"step": step, "epoch": epoch, "loss": round(3.0 / step, 4)}
+        if step % steps_per_epoch == 0:
+            point["eval_loss"] = best + 0.1 * abs(epoch - best_epoch)
+        curve.append(point)
+    return {"params": {"epochs": epochs, "learning_rate_multiplier": multiplier},
+            "curve": curve, "duration_s": float(epochs), "tokens_per_epoch": 1000}
+
+
+def _patience_config(folder: Path, **overrides: Any) -> SweepConfig:
+    folder.mkdir(parents=True, exist_ok=True)
+    curves = [_overfitting_record(1.0, best_epoch=3, best=1.0),
+              _overfitting_record(5.0, best_epoch=8, best=1.3)]
+    (folder / "curves.json").write_text(json.dumps(curves), encoding="utf-8")
+    data: dict[str, Any] = dict(
+        name="patience", dataset={"path": "data.jsonl", "validation_split": 0.25},
+        backend={"kind": "replay", "curves": "curves.json", "time_scale": 0.5},
+        search_space={"epochs": {"mode": "from_curve", "max": 8, "patience": 2},
+                      "learning_rate_multiplier": {"choices": [1.0, 5.0]}},
+        sampler={"kind": "grid"}, n_trials=2, concurrency=1)
+    data.update(overrides)
+    return load_config(write_config(folder, **data))
+
+
+def test_patience_stops_a_job_past_its_plateau_and_completes_its_trial(tmp_path) -> None:
+    config = _patience_config(tmp_path)
+    clock = FakeClock()
+    backend = ReplayBackend(config.backend, base_dir=tmp_path, clock=clock)  # type: ignore[arg-type]
+    result = run_sweep(config, backend=backend, tracker=NullTracker(), clock=clock,
+                       sleep=clock.sleep)
+
+    assert result.n_complete == 2 and result.n_pruned == 0
+    by_multiplier = {t.params["learning_rate_multiplier"]: t for t in open_study(config).trials}
+    early, late = by_multiplier[1.0], by_multiplier[5.0]
+    assert early.user_attrs["stopped_after_epoch"] == 5  # best at 3, then 2 epochs worse
+    assert early.user_attrs["plateau_epoch"] <= 3
+    assert early.user_attrs["training_tokens"] < late.user_attrs["training_tokens"]
+    assert "stopped_after_epoch" not in late.user_attrs and late.user_attrs["plateau_epoch"] == 8
+    export = best_config(config, config_results(config))
+    assert export.trial.number == early.number
+    assert any("stopped early" in note and "epochs = " in note
+               for note in export.recommendation.notes)
+    status = CliRunner().invoke(app, ["status", str(tmp_path / "sweep.yaml"), "--json"])
+    assert status.exit_code == 0, status.output
+    stopped = {t["number"]: t["stopped_after_epoch"] for t in json.loads(status.output)["trials"]}
+    assert stopped == {early.number: 5, late.number: None}
+
+
+def test_a_job_stopped_at_its_plateau_before_a_crash_completes_on_resume(tmp_path) -> None:
+    # SIGKILL while the stopped trial's run is half written: the rerun finds the job
+    # CANCELLED and completes the trial from its curve; it neither fails nor pays again.
+    import os
+    import subprocess
+    import sys
+
+    config = _patience_config(tmp_path, n_trials=1, sampler={"kind": "random", "seed": 0},
+                              search_space={"epochs": {"mode": "from_curve", "max": 8,
+                                                       "patience": 2},
+                                            "learning_rate_multiplier": {"value": 1.0}})
+    argv = [sys.executable, "-c", "from sweeps.cli import main; main()", "run",
+            str(tmp_path / "sweep.yaml"), "-q"]
+    crashed = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=300,
+                             env={**os.environ, "GEMINI_SWEEP_CRASH_AT": "mid_record:1"})
+    assert crashed.returncode == -9, crashed.stdout.decode()[-2000:]
+    resumed = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout.decode()[-2000:]
+
+    (trial,) = open_study(config).trials
+    assert trial.state is TrialState.COMPLETE
+    assert trial.user_attrs["stopped_after_epoch"] == 5
+    jobs = ReplayBackend.submission_log(tmp_path / ".gemini_sweep" / "replay_jobs")
+    assert len(jobs) == 1
+
+
+def test_patience_with_evaluation_is_refused_naming_the_key(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="patience"):
+        _patience_config(tmp_path, evaluation={"enabled": True, "metrics": ["exact_match"]},
+                         objective="eval_exact_match")

@@ -68,6 +68,30 @@ def test_never_more_jobs_in_flight_than_concurrency(make_config, clock) -> None:
         assert sum(s <= start < e for s, e in spans) <= 3
 
 
+class SlowTracker(NullTracker):
+    """Records take real time, as an MLflow server's would."""
+
+    def record_trial(self, outcome):
+        import time
+
+        time.sleep(0.2)
+        return None
+
+
+def test_a_sequential_sweep_asks_each_trial_after_the_last_one_is_told(make_config, clock):
+    # With concurrency 1 the sampler must see every result before it proposes the next
+    # trial; asking while the last record was still being written made the proposals
+    # depend on the writer thread's speed.
+    config = make_config(n_trials=4, concurrency=1)
+    backend = FakeBackend(clock=clock)
+    run_sweep(config, backend=backend, tracker=SlowTracker(), clock=clock, sleep=clock.sleep)
+
+    trials = open_study(config).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    for before, after in zip(trials, trials[1:], strict=False):
+        assert after.datetime_start >= before.datetime_complete
+
+
 def test_poll_interval_backs_off_while_a_long_job_shows_nothing_new(make_config, clock):
     config = make_config(n_trials=1, concurrency=1, search_space={"epochs": {"value": 1}})
     backend = FakeBackend(clock=clock, step_s=120.0, steps_per_epoch=2)
