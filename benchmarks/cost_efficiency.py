@@ -160,8 +160,7 @@ def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], 
 
 def _time_scale(dataset: str) -> float:
     """Play the slowest recorded job at EPOCH_S per epoch (recorded jobs took 0.4-2 s)."""
-    records = load_curves(DATA_DIR / f"curves_{dataset}.json")
-    return EPOCH_S * MAX_EPOCHS / min(r.duration_s for r in records)
+    return EPOCH_S * MAX_EPOCHS / min(r.duration_s for r in _truth(dataset).records)
 
 
 class Truth:

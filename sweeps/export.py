@@ -130,8 +130,8 @@ def recommend(trial: TrialRecord) -> Recommendation:
     if plateau is not None:
         loss = f" (smoothed loss {trial.loss_at_plateau:.4g})" if trial.loss_at_plateau \
             is not None else ""
-        ran = (f"{trial.stopped_after_epoch} of its {epochs_run}" if trial.stopped_after_epoch
-               else str(epochs_run))
+        ran = (f"{trial.stopped_after_epoch} of its {epochs_run}"
+               if trial.stopped_after_epoch is not None else str(epochs_run))
         notes.append(f"epochs = {epochs}: the loss curve of trial {trial.number} plateaus at "
                      f"epoch {plateau}{loss}; the trial ran {ran} epochs.")
     else:

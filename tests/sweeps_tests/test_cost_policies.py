@@ -8,6 +8,9 @@ studies; status and export run through the real CLI.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from sweeps.config import SweepConfig
 from sweeps.cost_frontier import cheapest_within
 from sweeps.errors import ConfigError
 from sweeps.export import best_config
+from sweeps.pruners import LeaderGapPruner
 from sweeps.results import TrialRecord
 from sweeps.results import config_results
 from sweeps.runner import open_study
@@ -233,8 +237,6 @@ def test_behind_leader_cancels_the_far_behind_and_keeps_the_slightly_behind(make
 
 
 def test_behind_leader_compares_losses_in_a_maximized_study_too() -> None:
-    from sweeps.pruners import LeaderGapPruner
-
     pruner = LeaderGapPruner(ratio=1.5, min_epochs=1)
     study = optuna.create_study(direction="maximize", pruner=pruner)  # eval_* objective
     leader = study.ask()
@@ -307,10 +309,6 @@ def test_patience_stops_a_job_past_its_plateau_and_completes_its_trial(tmp_path)
 def test_a_job_stopped_at_its_plateau_before_a_crash_completes_on_resume(tmp_path) -> None:
     # SIGKILL while the stopped trial's run is half written: the rerun finds the job
     # CANCELLED and completes the trial from its curve; it neither fails nor pays again.
-    import os
-    import subprocess
-    import sys
-
     config = _patience_config(tmp_path, n_trials=1, sampler={"kind": "random", "seed": 0},
                               search_space={"epochs": {"mode": "from_curve", "max": 8,
                                                        "patience": 2},

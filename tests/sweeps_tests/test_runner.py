@@ -7,6 +7,7 @@ test_tracking.py and the crash/resume path with real processes in test_crash_res
 from __future__ import annotations
 
 import json
+import time
 
 import optuna
 import pytest
@@ -72,8 +73,6 @@ class SlowTracker(NullTracker):
     """Records take real time, as an MLflow server's would."""
 
     def record_trial(self, outcome):
-        import time
-
         time.sleep(0.2)
         return None
 
