@@ -22,9 +22,13 @@ Methods, with Optuna's defaults otherwise (TPE: ``n_startup_trials=10``):
 * ``tpe+sha``    TPE, epochs searched, successive halving (min_epochs 1, reduction factor 3);
 * ``curve``      TPE, ``epochs: {mode: from_curve, max: 8}``, no pruning;
 * ``curve+sha``  TPE, from_curve, successive halving (min_epochs 2, reduction factor 3);
-* ``policy``     the default policy of ``configs/*.yaml``: from_curve with ``patience: 2`` (a
-                 job 2 epochs past its best is cancelled and completes on what it ran) and
-                 ``pruner: {kind: behind_leader, ratio: 1.3, min_epochs: 2}``.
+* ``tpe-4start``  ``tpe`` with 4 random trials before TPE instead of 10: the control that
+                 shows how much of ``policy``'s saving is its shorter random start alone;
+* ``policy``     the default policy of ``configs/*.yaml`` (``tests/sweeps_tests/
+                 test_cost_policies.py`` checks they agree): from_curve with ``patience: 2``
+                 (a job 2 epochs past its best is cancelled and completes on what it ran),
+                 ``pruner: {kind: behind_leader, ratio: 1.3, min_epochs: 2}`` and TPE after
+                 4 random trials (``sampler.n_startup_trials: 4``).
 
 Quality. A sweep's incumbent is its best trial by its own objective (what ``export`` picks);
 it is deployed at its plateau epoch, which never exceeds the epochs its job ran (so nothing is
@@ -40,8 +44,8 @@ in the order they finished (concurrency 1). The target is 2% above the best qual
 method's incumbent reached on that dataset and space; a sweep that never reaches it within
 ``n_trials`` counts as infinite (the ``reached`` count says how often).
 
-Run: ``python benchmarks/cost_efficiency.py [--seeds 50] [--n-trials 40] [--jobs 2]``.
-About 40 minutes on 2 cores with the defaults (the run docs/cost_efficiency.md quotes); the
+Run: ``python benchmarks/cost_efficiency.py [--seeds 30] [--n-trials 40] [--jobs 2]``.
+About 30 minutes on 2 cores with the defaults (the run docs/cost_efficiency.md quotes); the
 same seeds print the same table.
 """
 
@@ -89,15 +93,17 @@ SPACES: dict[str, dict[str, Any]] = {
 EPOCHS_SEARCHED = {"low": 1, "high": MAX_EPOCHS}
 FROM_CURVE = {"mode": "from_curve", "max": MAX_EPOCHS}
 METHODS: dict[str, dict[str, Any]] = {
-    "random": {"sampler": "random", "epochs": EPOCHS_SEARCHED},
+    "random": {"sampler": {"kind": "random"}, "epochs": EPOCHS_SEARCHED},
     "tpe": {"epochs": EPOCHS_SEARCHED},
     "tpe+sha": {"epochs": EPOCHS_SEARCHED, "pruner": {
         "kind": "successive_halving", "min_epochs": 1, "reduction_factor": 3}},
     "curve": {"epochs": FROM_CURVE},
     "curve+sha": {"epochs": FROM_CURVE, "pruner": {
         "kind": "successive_halving", "min_epochs": 2, "reduction_factor": 3}},
+    "tpe-4start": {"epochs": EPOCHS_SEARCHED, "sampler": {"n_startup_trials": 4}},
     "policy": {"epochs": {**FROM_CURVE, "patience": 2}, "pruner": {
-        "kind": "behind_leader", "ratio": 1.3, "min_epochs": 2}},
+        "kind": "behind_leader", "ratio": 1.3, "min_epochs": 2},
+        "sampler": {"n_startup_trials": 4}},
 }
 QUALITIES = ("observed", "mean of seeds")
 
@@ -149,7 +155,7 @@ def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], 
         "backend": {"kind": "replay", "curves": str(DATA_DIR / f"curves_{dataset}.json"),
                     "time_scale": _time_scale(dataset), "job_root": str(folder / "jobs")},
         "search_space": {"epochs": method["epochs"], **SPACES[space]},
-        "sampler": {"kind": method.get("sampler", "tpe"), "seed": seed},
+        "sampler": {"kind": "tpe", **method.get("sampler", {}), "seed": seed},
         "n_trials": n_trials, "concurrency": 1, "poll_interval_s": POLL_INTERVAL_S,
         "storage": f"sqlite:///{folder / 'optuna.db'}", "config_dir": folder,
     }
@@ -241,7 +247,7 @@ def _quiet() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--n-trials", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=2, help="sweeps run at once")
     parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))

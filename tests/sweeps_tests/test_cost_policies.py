@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from gemini_backend.replay import ReplayBackend
@@ -332,3 +334,23 @@ def test_patience_with_evaluation_is_refused_naming_the_key(tmp_path) -> None:
     with pytest.raises(ConfigError, match="patience"):
         _patience_config(tmp_path, evaluation={"enabled": True, "metrics": ["exact_match"]},
                          objective="eval_exact_match")
+
+
+# --- the shipped default is the policy the benchmark measured -------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "vertex.yaml", "replay.yaml"])
+def test_shipped_configs_use_the_policy_the_cost_benchmark_measures(name: str) -> None:
+    # The README quotes benchmarks/cost_efficiency.py's "policy" row as what the shipped
+    # configs do: epochs from the curve, patience, the pruner and TPE's random start.
+    bench = runpy.run_path(str(REPO / "benchmarks" / "cost_efficiency.py"),
+                           run_name="cost_efficiency")
+    policy = bench["METHODS"]["policy"]
+    shipped = yaml.safe_load((REPO / "configs" / name).read_text(encoding="utf-8"))
+
+    assert shipped["search_space"]["epochs"] == policy["epochs"]
+    assert shipped["pruner"] == policy["pruner"]
+    assert shipped["sampler"]["kind"] == policy["sampler"].get("kind", "tpe")
+    assert shipped["sampler"]["n_startup_trials"] == policy["sampler"]["n_startup_trials"]
