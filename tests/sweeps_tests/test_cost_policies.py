@@ -38,6 +38,7 @@ from sweeps.search_space import max_epochs
 from sweeps.search_space import min_epochs
 from sweeps.search_space import suggest_knobs
 from sweeps.tracking import NullTracker
+from tests.conftest import REPO_ROOT
 from tests.sweeps_tests.conftest import write_config
 from tests.sweeps_tests.conftest import write_dataset
 from tests.sweeps_tests.fake_backend import FakeBackend
@@ -338,17 +339,15 @@ def test_patience_with_evaluation_is_refused_naming_the_key(tmp_path) -> None:
 
 # --- the shipped default is the policy the benchmark measured -------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.parametrize("name", ["quickstart.yaml", "vertex.yaml", "replay.yaml"])
 def test_shipped_configs_use_the_policy_the_cost_benchmark_measures(name: str) -> None:
     # The README quotes benchmarks/cost_efficiency.py's "policy" row as what the shipped
     # configs do: epochs from the curve, patience, the pruner and TPE's random start.
-    bench = runpy.run_path(str(REPO / "benchmarks" / "cost_efficiency.py"),
+    bench = runpy.run_path(str(REPO_ROOT / "benchmarks" / "cost_efficiency.py"),
                            run_name="cost_efficiency")
     policy = bench["METHODS"]["policy"]
-    shipped = yaml.safe_load((REPO / "configs" / name).read_text(encoding="utf-8"))
+    shipped = yaml.safe_load((REPO_ROOT / "configs" / name).read_text(encoding="utf-8"))
 
     assert shipped["search_space"]["epochs"] == policy["epochs"]
     assert shipped["pruner"] == policy["pruner"]
