@@ -141,10 +141,11 @@ class EpochMap:
     """
 
     def __init__(self, epoch_ends: Sequence[int], steps_per_epoch: int | None,
-                 epochs: int | None) -> None:
+                 epochs: int | None, *, is_finished: bool = False) -> None:
         self._ends = list(epoch_ends)
         self._steps_per_epoch = steps_per_epoch
         self._epochs = epochs
+        self._is_finished = is_finished
 
     @classmethod
     def build(cls, *, checkpoints: Sequence[CheckpointPayload], tuning_step_count: int | None,
@@ -163,11 +164,16 @@ class EpochMap:
             per_epoch = math.ceil(tuning_step_count / epochs)
         elif is_finished and last_step and epochs:
             per_epoch = math.ceil(last_step / epochs)
-        return cls(ends, per_epoch if per_epoch and per_epoch > 0 else None, epochs)
+        return cls(ends, per_epoch if per_epoch and per_epoch > 0 else None, epochs,
+                   is_finished=is_finished)
 
     @property
     def is_known(self) -> bool:
         return self._steps_per_epoch is not None
+
+    def _has_ended(self, epoch: int, last_epoch: int) -> bool:
+        """Its checkpoint is kept, a later epoch has started, or the job is over."""
+        return epoch <= len(self._ends) or epoch < last_epoch or self._is_finished
 
     def epoch_of(self, step: int) -> int:
         for index, end in enumerate(self._ends):
@@ -179,11 +185,14 @@ class EpochMap:
         return min(epoch, self._epochs) if self._epochs else epoch
 
     def snapshots(self, train: Points, evals: Points) -> tuple[LossSnapshot, ...]:
-        """Train points as snapshots; each epoch's last eval point rides on its last one."""
+        """Train points as snapshots; each ended epoch's last eval point rides on its last
+        one. An epoch still running gets none yet: the runner reads an eval loss as the
+        epoch's end (LossSnapshot contract), and Vertex may evaluate mid-epoch."""
         if not self.is_known or not train:
             return ()
         epochs = [self.epoch_of(step) for step, _ in train]
-        eval_by_epoch = {self.epoch_of(step): loss for step, loss in evals}
+        eval_by_epoch = {epoch: loss for step, loss in evals
+                         if self._has_ended(epoch := self.epoch_of(step), epochs[-1])}
         last_index = {epoch: i for i, epoch in enumerate(epochs)}
         return tuple(
             LossSnapshot(

@@ -353,6 +353,21 @@ def test_steps_map_to_epochs_by_checkpoints_stats_or_not_at_all() -> None:
         (4, 0.5), (7, 0.4)]
 
 
+def test_an_eval_point_of_a_running_epoch_waits_for_the_epoch_to_end() -> None:
+    # The runner reads an eval loss as its epoch's end (a pruner may cancel on it); Vertex
+    # may evaluate mid-epoch, so epoch 2's eval at step 6 shows once epoch 2 has ended.
+    train = [(step, 1.0 / step) for step in range(1, 7)]
+    running = EpochMap.build(checkpoints=[CheckpointPayload(checkpointId="a", epoch="1",
+                                                            step="4")],
+                             tuning_step_count=12, epochs=3, last_step=6, is_finished=False)
+    evals = [(4, 0.5), (6, 0.45)]
+    assert [(s.epoch, s.eval_loss) for s in running.snapshots(train, evals)
+            if s.eval_loss is not None] == [(1, 0.5)]
+    later = train + [(9, 0.1)]  # a step of epoch 3: epoch 2 is over
+    assert [(s.epoch, s.eval_loss) for s in running.snapshots(later, evals)
+            if s.eval_loss is not None] == [(1, 0.5), (2, 0.45)]
+
+
 # --- auth, config, hosts, wire helpers ----------------------------------------------------
 
 
