@@ -96,6 +96,9 @@ class SweepLoop:
         self._report_sign = (-1.0 if ctx.study.directions[0]
                              is optuna.study.StudyDirection.MAXIMIZE else 1.0)
         self._patience = curve_patience(ctx.config.search_space.epochs)
+        # Pruners and patience read validation loss only from a backend that reports it;
+        # otherwise (Gemini API) they read training loss, as the trial is scored.
+        self._use_eval = bool(ctx.data.validation) and caps.has_validation_loss
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -324,9 +327,8 @@ class SweepLoop:
         """Report each newly ended epoch's loss; True when the pruner wants the trial gone."""
         if self._is_multi_objective:
             return False
-        use_eval = bool(self.ctx.data.validation)
         losses = ts.completed_epoch_losses(job.snapshots, is_terminal=is_terminal,
-                                           use_eval=use_eval)
+                                           use_eval=self._use_eval)
         new_epochs = [e for e in sorted(losses) if e not in job.reported_epochs]
         for epoch in new_epochs:
             job.trial.report(self._report_sign * losses[epoch], epoch)
@@ -338,8 +340,9 @@ class SweepLoop:
         if self._patience is None:
             return None
         losses = ts.completed_epoch_losses(job.snapshots, is_terminal=False,
-                                           use_eval=bool(self.ctx.data.validation))
-        return max(losses) if plateau_passed(losses, self._patience) else None
+                                           use_eval=self._use_eval)
+        is_passed = plateau_passed(losses, self._patience, self.ctx.config.plateau)
+        return max(losses) if is_passed else None
 
     def _prune(self, job: InFlight) -> None:
         assert job.ref is not None
@@ -351,11 +354,11 @@ class SweepLoop:
 
     def _stop_at_plateau(self, job: InFlight, last_epoch: int) -> None:
         """from_curve patience: the job is past its plateau; it completes on the epochs that
-        had ended (``last_epoch``), not pruned: its best epoch is known."""
+        had ended (``last_epoch``), not pruned: its plateau epoch is known."""
         assert job.ref is not None
         job.stopped_after_epoch = last_epoch
         self._cancel(job)
-        logger.info("trial=%d job=%s stopped after epoch %s: %d epochs without a new best",
+        logger.info("trial=%d job=%s stopped after epoch %s: %d epochs past its plateau",
                     job.number, job.ref.job_id, job.stopped_after_epoch, self._patience)
         self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
 

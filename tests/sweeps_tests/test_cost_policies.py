@@ -12,6 +12,7 @@ import os
 import runpy
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,19 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from gemini_backend import Capabilities
+from gemini_backend import JobRequest
+from gemini_backend import LossSnapshot
 from gemini_backend.replay import ReplayBackend
 from sweeps import _trial_state as ts
 from sweeps import load_config
 from sweeps.cli import app
+from sweeps.config import PlateauConfig
 from sweeps.config import SweepConfig
 from sweeps.cost_frontier import cheapest_within
 from sweeps.errors import ConfigError
 from sweeps.export import best_config
+from sweeps.fidelity import plateau_passed
 from sweeps.pruners import LeaderGapPruner
 from sweeps.results import TrialRecord
 from sweeps.results import config_results
@@ -253,6 +259,34 @@ def test_behind_leader_compares_losses_in_a_maximized_study_too() -> None:
         LeaderGapPruner(ratio=1.0)
 
 
+class NoValidationFake(FakeBackend):
+    """A backend that reports training loss only, as the Gemini API does."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return replace(super().capabilities, has_validation_loss=False)
+
+    def _snapshots(self, request: JobRequest, count: int) -> tuple[LossSnapshot, ...]:
+        return tuple(replace(s, eval_loss=None) for s in super()._snapshots(request, count))
+
+
+def test_behind_leader_cancels_on_training_loss_when_the_backend_reports_no_validation(
+        make_config, clock) -> None:
+    # A validation split is set, but the backend never reports a validation loss: the pruner
+    # must read training loss (as the trial is scored), not wait for one that never comes.
+    config = make_config(n_trials=2, concurrency=1, dataset={"path": "data.jsonl",
+                                                             "validation_split": 0.25},
+                         pruner={"kind": "behind_leader", "ratio": 2.0, "min_epochs": 2},
+                         search_space={**SPACE, "epochs": {"value": 5}})
+    study = open_study(config)
+    for multiplier in (1.0, 8.0):
+        study.enqueue_trial({"learning_rate_multiplier": multiplier})
+    run(config, NoValidationFake(clock=clock), clock)
+
+    states = [(t.state, max(t.intermediate_values)) for t in open_study(config).trials]
+    assert states == [(TrialState.COMPLETE, 5), (TrialState.PRUNED, 2)]
+
+
 # --- from_curve patience: stop a job once its plateau is behind it --------------------------
 
 
@@ -296,6 +330,8 @@ def test_patience_stops_a_job_past_its_plateau_and_completes_its_trial(tmp_path)
     by_multiplier = {t.params["learning_rate_multiplier"]: t for t in open_study(config).trials}
     early, late = by_multiplier[1.0], by_multiplier[5.0]
     assert early.user_attrs["stopped_after_epoch"] == 5  # best at 3, then 2 epochs worse
+    # Cancelled when epoch 5's validation loss arrived, not a poll into epoch 6 (paid for).
+    assert 5 * 1000 <= early.user_attrs["training_tokens"] < 5.5 * 1000
     assert early.user_attrs["plateau_epoch"] <= 3
     assert early.user_attrs["training_tokens"] < late.user_attrs["training_tokens"]
     assert "stopped_after_epoch" not in late.user_attrs and late.user_attrs["plateau_epoch"] == 8
@@ -307,6 +343,18 @@ def test_patience_stops_a_job_past_its_plateau_and_completes_its_trial(tmp_path)
     assert status.exit_code == 0, status.output
     stopped = {t["number"]: t["stopped_after_epoch"] for t in json.loads(status.output)["trials"]}
     assert stopped == {early.number: 5, late.number: None}
+
+
+def test_patience_counts_from_the_plateau_epoch_so_a_creeping_tail_is_stopped() -> None:
+    # Steep to epoch 3, then 0.2% better each epoch: every epoch is a new best, but within
+    # the plateau rule's tolerance of epoch 3 ("the same performance"), so it is paid for
+    # nothing. A late learner's plateau epoch moves with it and it runs on.
+    creeping = {1: 3.0, 2: 2.0, 3: 1.5, 4: 1.497, 5: 1.494}
+    rule = PlateauConfig()
+    assert plateau_passed(creeping, 2, rule)
+    assert not plateau_passed({e: creeping[e] for e in (1, 2, 3, 4)}, 2, rule)
+    assert not plateau_passed({1: 3.0, 2: 2.6, 3: 2.2, 4: 1.8, 5: 1.4}, 2, rule)
+    assert not plateau_passed(creeping, None, rule)
 
 
 def test_a_job_stopped_at_its_plateau_before_a_crash_completes_on_resume(tmp_path) -> None:
