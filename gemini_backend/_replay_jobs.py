@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
@@ -72,6 +73,14 @@ class ReplayJob:
 
     def cancelled(self, at: float) -> ReplayJob:
         return replace(self, cancelled_at=at)
+
+    def epochs_trained(self, shown: int) -> float:
+        """Epochs trained once the first ``shown`` steps have played, counting the steps of
+        an unfinished epoch as a fraction of it: the local backend, which recorded the
+        curves, reports the tokens of the steps it trained, so a job cancelled a few steps
+        into an epoch is not billed the whole epoch."""
+        steps_in_epoch = Counter(s.epoch for s in self.snapshots)
+        return sum(1 / steps_in_epoch[s.epoch] for s in self.snapshots[:shown])
 
 
 def job_id_for(idempotency_key: str) -> str:

@@ -295,10 +295,8 @@ def _status_at(job: ReplayJob, *, now: float) -> JobStatus:
     else:
         state = JobState.RUNNING
     progress = 1.0 if is_complete else min(1.0, elapsed_s / job.play_duration_s)
-    epochs_played = max((s.epoch for s in snapshots), default=0)
-    tokens = (
-        None if job.tokens_per_epoch is None else round(job.tokens_per_epoch * epochs_played)
-    )
+    tokens = (None if job.tokens_per_epoch is None
+              else round(job.tokens_per_epoch * job.epochs_trained(shown)))
     return JobStatus(
         state=state,
         snapshots=snapshots,

@@ -239,6 +239,21 @@ def test_cancel_keeps_the_points_played_so_far(tmp_path) -> None:
     assert reopened.poll(ref) == status
 
 
+def test_a_cancelled_job_is_billed_for_the_steps_it_trained(tmp_path) -> None:
+    # As the local backend that recorded the curves reports it: 1 epoch and 1 of the 2
+    # steps of the second, not 2 whole epochs.
+    clock = FakeClock()
+    start = clock.now
+    backend = build(tmp_path, [make_record(1.0, tokens_per_epoch=1000, steps_per_epoch=2)],
+                    time_scale=0.5, clock=clock)
+    ref = backend.submit(request("k", epochs=3))
+    clock.now = start + 1.6  # steps 1-3 played (one every second at time_scale 0.5)
+    backend.cancel(ref)
+    clock.now = start + 100.0
+    assert [s.step for s in backend.poll(ref).snapshots] == [1, 2, 3]
+    assert backend.poll(ref).training_tokens == 1500
+
+
 def test_cancel_after_the_end_leaves_it_succeeded(tmp_path) -> None:
     backend = build(tmp_path, GRID, time_scale=0, clock=FakeClock())
     ref = backend.submit(request("k"))
