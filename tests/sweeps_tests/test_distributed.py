@@ -271,10 +271,10 @@ def test_three_workers_on_postgres_and_an_mlflow_server_one_killed(
         backend={"kind": "replay", "curves": "curves.json", "time_scale": 1.0})
     config = load_config(config_path)
     workers = [start_worker(config_path, i) for i in range(3)]
-    victim = workers[0]
-    held = kill_when_holding_jobs(config, victim)
-    for worker in workers[1:]:
-        assert worker.wait(timeout=180) == 0, worker_logs(tmp_path)
+    victim, held = kill_first_worker_holding_jobs(config, workers, tmp_path)
+    for worker in workers:
+        if worker is not victim:
+            assert worker.wait(timeout=180) == 0, worker_logs(tmp_path)
     victim.wait()  # reaped only now: until then its PID looked alive, so the lease decided
 
     trials = open_study(config).get_trials()
@@ -295,27 +295,47 @@ def test_three_workers_on_postgres_and_an_mlflow_server_one_killed(
     assert_one_run_per_trial(mlflow_server, config.name, trials)
 
 
-def kill_when_holding_jobs(config, victim) -> dict[int, tuple[str, str]]:
-    """SIGKILL the victim once it holds submitted jobs; its trials and their job ids."""
-    deadline = time.monotonic() + 120
+def kill_first_worker_holding_jobs(
+        config, workers, folder) -> tuple[subprocess.Popen[bytes], dict[int, tuple[str, str]]]:
+    """SIGKILL the first worker seen holding submitted jobs: it, and its trials' job ids.
+
+    Not a worker chosen in advance: the three start together and race for the
+    study_concurrency slots, and under CPU load one of them can lose every race until the
+    other two have asked all N_TRIALS; it then never holds a job and cannot be killed with
+    one. The worker is stopped (SIGSTOP) while its trials are read, so the trials returned
+    are exactly those it dies holding; if its jobs ended between the two reads, it goes on.
+    """
+    by_pid = {worker.pid: worker for worker in workers}
+    deadline = time.monotonic() + 120  # a hang guard: the first job comes within seconds
+    study = None
     while True:
-        assert victim.poll() is None and time.monotonic() < deadline, "victim never submitted"
+        exited = [index for index, worker in enumerate(workers) if worker.poll() is not None]
+        assert not exited, f"workers {exited} exited before any held a job\n" \
+                           f"{worker_logs(folder)}"
+        assert time.monotonic() < deadline, f"no worker submitted a job\n{worker_logs(folder)}"
         try:
-            running = optuna.load_study(study_name=config.name, storage=config.storage_url) \
-                .get_trials(states=(TrialState.RUNNING,))
+            study = study or optuna.load_study(study_name=config.name,
+                                               storage=config.storage_url)
         except KeyError:  # the study does not exist yet
-            running = []
-        mine = [t for t in running if f":{victim.pid}:" in t.user_attrs.get(ts.ATTR_WORKER, "")
-                and ts.ATTR_JOB_REF in t.user_attrs]
-        if mine:
-            break
+            time.sleep(0.1)
+            continue
+        for pid in by_pid:
+            if not jobs_held_by(study, pid):
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            held = jobs_held_by(study, pid)  # read again while it can neither tell nor submit
+            if held:
+                os.kill(pid, signal.SIGKILL)
+                return by_pid[pid], held
+            os.kill(pid, signal.SIGCONT)
         time.sleep(0.1)
-    os.kill(victim.pid, signal.SIGKILL)
-    time.sleep(0.2)
-    study = optuna.load_study(study_name=config.name, storage=config.storage_url)
+
+
+def jobs_held_by(study, pid: int) -> dict[int, tuple[str, str]]:
+    """The RUNNING trials of worker process ``pid`` with a submitted job: worker id, job id."""
     return {t.number: (t.user_attrs[ts.ATTR_WORKER], t.user_attrs[ts.ATTR_JOB_REF]["job_id"])
             for t in study.get_trials(states=(TrialState.RUNNING,))
-            if f":{victim.pid}:" in t.user_attrs.get(ts.ATTR_WORKER, "")
+            if f":{pid}:" in t.user_attrs.get(ts.ATTR_WORKER, "")
             and ts.ATTR_JOB_REF in t.user_attrs}
 
 
