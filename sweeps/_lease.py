@@ -216,8 +216,13 @@ class StudyLeases:
                 if trial is None or trial.user_attrs.get(ts.ATTR_WORKER) != self.worker_id:
                     lost.add(number)  # told (maybe by us, just now) or taken over
                     continue
-                self.study._storage.set_trial_user_attr(trial._trial_id, ts.ATTR_HEARTBEAT,
-                                                        clock_s)
+                try:
+                    self.study._storage.set_trial_user_attr(trial._trial_id,
+                                                            ts.ATTR_HEARTBEAT, clock_s)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    # Told by this worker's loop after the read (telling takes no lock):
+                    # the other held trials still need their heartbeat this round.
+                    lost.add(number)
         return lost
 
     def start_heartbeats(self, on_error: Callable[[Exception], None] | None = None) -> None:

@@ -115,6 +115,23 @@ def test_a_trial_is_taken_over_only_when_its_lease_is_free(tmp_path) -> None:
     assert other_machine.renew({held.number}) == {held.number}  # it learns it lost it
 
 
+def test_a_trial_told_while_its_heartbeat_is_written_does_not_starve_the_others(
+        tmp_path, monkeypatch) -> None:
+    # The loop tells a trial without the study lock, so it may finish between renew's read
+    # and its write: that trial is dropped, and the worker's other trial still gets its
+    # heartbeat this round (three missed rounds would hand it to another worker).
+    config = load_config(write_config(tmp_path, n_trials=10))
+    me = make_leases(config)
+    told, kept = (me.ask(max_trials=10, now_s=0.0).trial for _ in range(2))
+    read_before_the_tell = me.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    me.study.tell(told, 1.0)
+    me.study._storage.set_trial_user_attr(kept._trial_id, ts.ATTR_HEARTBEAT, 0.0)
+    monkeypatch.setattr(me.study, "get_trials", lambda **_: read_before_the_tell)
+
+    assert me.renew({told.number, kept.number}) == {told.number}
+    assert open_study(config).trials[kept.number].user_attrs[ts.ATTR_HEARTBEAT] > 0.0
+
+
 def test_a_local_worker_that_died_is_taken_over_at_once(tmp_path) -> None:
     config = load_config(write_config(tmp_path, n_trials=10))
     me = make_leases(config, lease_s=300.0)
