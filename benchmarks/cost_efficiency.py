@@ -26,8 +26,8 @@ Methods, with Optuna's defaults otherwise (TPE: ``n_startup_trials=10``):
                  shows how much of ``policy``'s saving is its shorter random start alone;
 * ``policy``     the default policy of ``configs/*.yaml`` (``tests/sweeps_tests/
                  test_cost_policies.py`` checks they agree): from_curve with ``patience: 2``
-                 (a job whose plateau epoch is 2 epochs behind is cancelled and completes on
-                 what it ran), ``pruner: {kind: behind_leader, ratio: 1.3, min_epochs: 2}``
+                 (a job 2 epochs past its best is cancelled and completes on what it
+                 ran), ``pruner: {kind: behind_leader, ratio: 1.3, min_epochs: 2}``
                  and TPE after 4 random trials (``sampler.n_startup_trials: 4``);
 * ``informed``   (``all`` space only) a floor, not a policy: ``policy`` on the region that
                  holds the near-best runs (batch size 8, multiplier 1.69-7.75), as if the

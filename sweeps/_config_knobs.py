@@ -93,8 +93,8 @@ class FromCurve(Strict):
     mode: Literal["from_curve"]
     max: int = Field(ge=1, description="the epochs every trial runs")
     patience: int | None = Field(
-        default=None, ge=1, description="cancel a job once its plateau epoch is this many "
-        "epochs behind its last one; the trial is scored on the epochs it ran")
+        default=None, ge=1, description="cancel a job once its loss has gone this many "
+        "epochs without a new best; the trial is scored on the epochs it ran")
 
 
 def _knob_shape(value: Any) -> str:

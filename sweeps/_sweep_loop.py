@@ -341,8 +341,7 @@ class SweepLoop:
             return None
         losses = ts.completed_epoch_losses(job.snapshots, is_terminal=False,
                                            use_eval=self._use_eval)
-        is_passed = plateau_passed(losses, self._patience, self.ctx.config.plateau)
-        return max(losses) if is_passed else None
+        return max(losses) if plateau_passed(losses, self._patience) else None
 
     def _prune(self, job: InFlight) -> None:
         assert job.ref is not None
@@ -354,11 +353,11 @@ class SweepLoop:
 
     def _stop_at_plateau(self, job: InFlight, last_epoch: int) -> None:
         """from_curve patience: the job is past its plateau; it completes on the epochs that
-        had ended (``last_epoch``), not pruned: its plateau epoch is known."""
+        had ended (``last_epoch``), not pruned: its best epoch is known."""
         assert job.ref is not None
         job.stopped_after_epoch = last_epoch
         self._cancel(job)
-        logger.info("trial=%d job=%s stopped after epoch %s: %d epochs past its plateau",
+        logger.info("trial=%d job=%s stopped after epoch %s: %d epochs without a new best",
                     job.number, job.ref.job_id, job.stopped_after_epoch, self._patience)
         self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
 

@@ -7,15 +7,14 @@ every trial runs ``max`` epochs, its objective is taken at its plateau epoch, an
 is what ``recommended_epochs`` and the export recommend (on Vertex, the checkpoint at that
 epoch; reference/anchors.md (d) item 4).
 
-With ``patience: p`` a job is cancelled once its plateau epoch (the epoch the export would
-recommend, by the plateau rule the trial is scored with) is ``p`` epochs behind its last
-ended epoch, and its trial completes on the epochs it ran: the epochs after a plateau only
-confirm it (or the overfitting), and they are paid for. Counting from the plateau epoch
-rather than from the lowest loss also stops a tail that still improves, but by less than
-the plateau rule's tolerance: the rule already calls those epochs "the same performance".
-On the local backend the checkpoints of a cancelled job are kept; whether Vertex keeps those
-of a cancelled job is not documented, so the export then says to tune again with the
-recommended epochs.
+With ``patience: p`` a job whose loss has gone ``p`` epochs without a new best is cancelled
+and its trial completes on the epochs it ran: the epochs after a plateau only confirm it (or
+the overfitting), and they are paid for. Any new best resets the count, however small:
+counting from the plateau epoch instead (tolerance 3% of the curve's range) stopped tails
+whose small gains add up to the best configuration's edge, and the cost benchmark lost its
+target on ``next_number`` (docs/cost_efficiency.md). On the local backend the checkpoints
+of a cancelled job are kept; whether Vertex keeps those of a cancelled job is not
+documented, so the export then says to tune again with the recommended epochs.
 
 Caveat: epoch k of an N-epoch job is a k-epoch job only when the learning-rate schedule does
 not depend on N. The local backend trains at a constant rate, so they are the same there; a
@@ -29,8 +28,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from sweeps.config import FromCurve
-from sweeps.config import PlateauConfig
-from sweeps.plateau import find_plateau
 
 #: The ``epochs_mode`` user attribute of a trial whose epoch was chosen from its curve.
 ATTR_EPOCHS_MODE = "epochs_mode"
@@ -56,20 +53,17 @@ def curve_epochs(spec: FromCurve) -> int:
 
 
 def curve_patience(spec: Any) -> int | None:
-    """Epochs past its plateau epoch after which a from_curve job is stopped (None: never)."""
+    """Epochs without a new best after which a from_curve job is stopped (None: never)."""
     return spec.patience if isinstance(spec, FromCurve) else None
 
 
-def plateau_passed(epoch_losses: Mapping[int, float], patience: int | None,
-                   plateau: PlateauConfig) -> bool:
-    """Is the curve's plateau epoch ``patience`` epochs behind its last ended epoch, so that
-    what follows could only confirm the plateau or the overfitting? ``epoch_losses`` holds
-    the epochs that ended; ``plateau`` is the sweep's plateau rule."""
-    if patience is None or len(epoch_losses) <= patience:
+def plateau_passed(epoch_losses: Mapping[int, float], patience: int | None) -> bool:
+    """Has the curve gone ``patience`` epochs past its best, so that what follows could only
+    confirm the plateau or the overfitting? ``epoch_losses`` holds the epochs that ended."""
+    if patience is None or not epoch_losses:
         return False
-    epochs = sorted(epoch_losses)
-    found = find_plateau([epoch_losses[epoch] for epoch in epochs], **plateau.model_dump())
-    return epochs[-1] - epochs[found.epoch - 1] >= patience
+    best_epoch = min(epoch_losses, key=lambda epoch: (epoch_losses[epoch], epoch))
+    return max(epoch_losses) - best_epoch >= patience
 
 
 __all__ = ["ATTR_EPOCHS_MODE", "FROM_CURVE", "FromCurve", "curve_epochs", "curve_patience",
