@@ -42,6 +42,10 @@ credited that would need another job). Its quality is the validation loss at tha
   configuration is worth, not what one lucky run showed); a check that the ranking is not
   luck.
 
+Each table row ends with the geometric mean of the method's ratios over the datasets, and the
+run ends with each method's geometric mean over every cell printed: the one figure the
+default is chosen by. A cell that is never reached makes it infinite.
+
 Cost: cumulative training tokens of every trial finished so far (pruned and stopped ones too)
 in the order they finished (concurrency 1). A cancelled job is billed for the steps it
 trained, as the local backend that recorded the curves reports it; the runner cancels at the
@@ -281,10 +285,19 @@ def main() -> None:
         for key, trace in pool.imap_unordered(run_one, tasks, chunksize=4):
             traces.setdefault(key, []).append(trace)
     print(f"({len(tasks)} sweeps in {time.monotonic() - started_s:.0f} s)")
+    ratios: dict[str, list[float]] = {}
     for space in args.spaces:
         for index, quality in enumerate(QUALITIES):
-            print_table(space, quality, index, args.datasets, methods_in(space, methods),
-                        traces)
+            table = print_table(space, quality, index, args.datasets,
+                                methods_in(space, methods), traces)
+            for method, cells in table.items():
+                ratios.setdefault(method, []).extend(cells)
+    # One figure per method to choose the default by: every cell counts, and a cell
+    # that is not reached makes it infinite (a policy that misses is not cheap).
+    print("\ngeometric mean of the ratios to tpe over every cell printed above "
+          "(floors: their spaces only):")
+    for method, cells in ratios.items():
+        print(f"  {method}: {_fmt_ratio(_geomean(cells))} over {len(cells)} cells")
 
 
 def methods_in(space: str, methods: list[str]) -> list[str]:
@@ -292,7 +305,8 @@ def methods_in(space: str, methods: list[str]) -> list[str]:
 
 
 def print_table(space: str, quality: str, index: int, datasets: list[str], methods: list[str],
-                traces: dict[tuple[str, str, str], list[Trace]]) -> None:
+                traces: dict[tuple[str, str, str], list[Trace]]) -> dict[str, list[float]]:
+    """Print one space x quality table; return each method's ratios to tpe, a cell each."""
     targets = {}
     for dataset in datasets:
         best = min(t.best(index) for m in methods if m not in FLOORS
@@ -301,8 +315,10 @@ def print_table(space: str, quality: str, index: int, datasets: list[str], metho
     print(f"\nspace {space}, quality = {quality} validation loss; each cell: median tokens "
           "to the target (ratio to tpe) seeds that reached it")
     print("targets: " + ", ".join(f"{d} <= {t:.4f}" for d, t in targets.items()))
-    print("| method | " + " | ".join(datasets) + " | pruned / stopped per sweep |")
-    print("|---|" + "---:|" * len(datasets) + "---:|")
+    print("| method | " + " | ".join(datasets)
+          + " | geometric mean | pruned / stopped per sweep |")
+    print("|---|" + "---:|" * len(datasets) + "---:|---:|")
+    ratios: dict[str, list[float]] = {}
     for method in methods:
         cells = []
         for dataset in datasets:
@@ -314,14 +330,28 @@ def print_table(space: str, quality: str, index: int, datasets: list[str], metho
             ratio = median / base if math.isfinite(base) and base > 0 else math.nan
             reached = sum(math.isfinite(c) for c in costs)
             cells.append(f"{_fmt(median)} ({ratio:.2f}) {reached}/{len(runs)}")
+            ratios.setdefault(method, []).append(ratio)
         all_runs = [t for d in datasets for t in traces[(space, d, method)]]
         pruned = statistics.mean(t.n_pruned for t in all_runs)
         stopped = statistics.mean(t.n_stopped for t in all_runs)
-        print(f"| {method} | " + " | ".join(cells) + f" | {pruned:.1f} / {stopped:.1f} |")
+        print(f"| {method} | " + " | ".join(cells)
+              + f" | {_fmt_ratio(_geomean(ratios[method]))} | {pruned:.1f} / {stopped:.1f} |")
+    return ratios
 
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
+
+
+def _geomean(ratios: list[float]) -> float:
+    if any(math.isnan(r) for r in ratios) or not ratios:
+        return math.nan
+    return math.exp(statistics.fmean(math.log(r) for r in ratios))  # log(inf) is inf
+
+
+def _fmt_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}" if math.isfinite(ratio) else "inf (a cell not reached)" \
+        if ratio == math.inf else "n/a"
 
 
 def _fmt(tokens: float) -> str:
