@@ -344,14 +344,15 @@ def _median(values: list[float]) -> float:
 
 
 def _geomean(ratios: list[float]) -> float:
-    if any(math.isnan(r) for r in ratios) or not ratios:
+    if not ratios or any(math.isnan(r) for r in ratios):
         return math.nan
     return math.exp(statistics.fmean(math.log(r) for r in ratios))  # log(inf) is inf
 
 
 def _fmt_ratio(ratio: float) -> str:
-    return f"{ratio:.2f}" if math.isfinite(ratio) else "inf (a cell not reached)" \
-        if ratio == math.inf else "n/a"
+    if math.isnan(ratio):
+        return "n/a"
+    return "inf (a cell not reached)" if math.isinf(ratio) else f"{ratio:.2f}"
 
 
 def _fmt(tokens: float) -> str:

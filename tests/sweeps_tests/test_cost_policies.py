@@ -386,12 +386,16 @@ def test_patience_with_evaluation_is_refused_naming_the_key(tmp_path) -> None:
 # --- the shipped default is the policy the benchmark measured -------------------------------
 
 
+def _cost_benchmark() -> dict[str, Any]:
+    return runpy.run_path(str(REPO_ROOT / "benchmarks" / "cost_efficiency.py"),
+                          run_name="cost_efficiency")
+
+
 @pytest.mark.parametrize("name", ["quickstart.yaml", "vertex.yaml", "replay.yaml"])
 def test_shipped_configs_use_the_policy_the_cost_benchmark_measures(name: str) -> None:
     # The README quotes benchmarks/cost_efficiency.py's "policy" row as what the shipped
     # configs do: epochs from the curve, patience, the pruner and TPE's random start.
-    bench = runpy.run_path(str(REPO_ROOT / "benchmarks" / "cost_efficiency.py"),
-                           run_name="cost_efficiency")
+    bench = _cost_benchmark()
     policy = bench["METHODS"]["policy"]
     shipped = yaml.safe_load((REPO_ROOT / "configs" / name).read_text(encoding="utf-8"))
 
@@ -404,8 +408,7 @@ def test_shipped_configs_use_the_policy_the_cost_benchmark_measures(name: str) -
 def test_the_benchmark_summary_makes_a_method_that_misses_a_cell_infinite() -> None:
     # The default is chosen by the benchmark's geometric mean over every cell: a policy
     # that never reaches the target on one dataset must not look cheap because of the others.
-    bench = runpy.run_path(str(REPO_ROOT / "benchmarks" / "cost_efficiency.py"),
-                           run_name="cost_efficiency")
+    bench = _cost_benchmark()
     geomean = bench["_geomean"]
 
     assert geomean([0.25, 1.0]) == pytest.approx(0.5)
