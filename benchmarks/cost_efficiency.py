@@ -28,7 +28,9 @@ Methods, with Optuna's defaults otherwise (TPE: ``n_startup_trials=10``):
                  test_cost_policies.py`` checks they agree): from_curve with ``patience: 2``
                  (a job 2 epochs past its best is cancelled and completes on what it
                  ran), ``pruner: {kind: behind_leader, ratio: 1.3, min_epochs: 2}``
-                 and TPE after 4 random trials (``sampler.n_startup_trials: 4``);
+                 and TPE after 6 stratified random trials (``sampler: {n_startup_trials: 6,
+                 start: stratified}``: they take every batch size twice and one sixth of
+                 the multiplier's log range each);
 * ``informed``   (``all`` space only) a floor, not a policy: ``policy`` on the region that
                  holds the near-best runs (batch size 8, multiplier 1.69-7.75), as if the
                  search had nothing left to find. It does not set the target.
@@ -113,7 +115,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "tpe-4start": {"epochs": EPOCHS_SEARCHED, "sampler": {"n_startup_trials": 4}},
     "policy": {"epochs": {**FROM_CURVE, "patience": 2}, "pruner": {
         "kind": "behind_leader", "ratio": 1.3, "min_epochs": 2},
-        "sampler": {"n_startup_trials": 4}},
+        "sampler": {"n_startup_trials": 6, "start": "stratified"}},
 }
 # A floor, not a policy: ``policy`` told where the best configurations are (read off the
 # recordings: batch size 8, multiplier 1.69-7.75, the cells around 2.2, 3.6 and 6.0 that

@@ -48,6 +48,16 @@ class SamplerConfig(Strict):
     kind: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
     seed: int | None = None
     n_startup_trials: int | None = Field(default=None, ge=0)
+    start: Literal["random", "stratified"] = Field(
+        default="random", description="tpe only: how the n_startup_trials first trials are "
+        "drawn; stratified spreads them over every knob's range (a Latin hypercube)")
+
+    @model_validator(mode="after")
+    def _start_is_tpe_s(self) -> SamplerConfig:
+        if self.start == "stratified" and self.kind != "tpe":
+            raise ValueError(f"start: stratified is for kind: tpe; the {self.kind} sampler "
+                             "draws its own start: remove start or set kind: tpe")
+        return self
 
 
 class NoPruner(Strict):

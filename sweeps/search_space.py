@@ -28,6 +28,7 @@ from sweeps.config import SuccessiveHalvingPrunerConfig
 from sweeps.config import SweepConfig
 from sweeps.errors import ConfigError
 from sweeps.pruners import LeaderGapPruner
+from sweeps.stratified_start import StratifiedStartTPESampler
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,10 @@ def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     if sampler.kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=sampler.seed,
                                             n_startup_trials=sampler.n_startup_trials or 1)
-    return optuna.samplers.TPESampler(seed=sampler.seed,
-                                      n_startup_trials=sampler.n_startup_trials or 10)
+    n_startup_trials = sampler.n_startup_trials or 10
+    if sampler.start == "stratified":
+        return StratifiedStartTPESampler(seed=sampler.seed, n_startup_trials=n_startup_trials)
+    return optuna.samplers.TPESampler(seed=sampler.seed, n_startup_trials=n_startup_trials)
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):

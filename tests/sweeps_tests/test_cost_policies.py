@@ -394,7 +394,7 @@ def _cost_benchmark() -> dict[str, Any]:
 @pytest.mark.parametrize("name", ["quickstart.yaml", "vertex.yaml", "replay.yaml"])
 def test_shipped_configs_use_the_policy_the_cost_benchmark_measures(name: str) -> None:
     # The README quotes benchmarks/cost_efficiency.py's "policy" row as what the shipped
-    # configs do: epochs from the curve, patience, the pruner and TPE's random start.
+    # configs do: epochs from the curve, patience, the pruner and TPE's stratified start.
     bench = _cost_benchmark()
     policy = bench["METHODS"]["policy"]
     shipped = yaml.safe_load((REPO_ROOT / "configs" / name).read_text(encoding="utf-8"))
@@ -403,6 +403,7 @@ def test_shipped_configs_use_the_policy_the_cost_benchmark_measures(name: str) -
     assert shipped["pruner"] == policy["pruner"]
     assert shipped["sampler"]["kind"] == policy["sampler"].get("kind", "tpe")
     assert shipped["sampler"]["n_startup_trials"] == policy["sampler"]["n_startup_trials"]
+    assert shipped["sampler"]["start"] == policy["sampler"]["start"]
 
 
 def test_the_benchmark_summary_makes_a_method_that_misses_a_cell_infinite() -> None:
