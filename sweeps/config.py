@@ -46,14 +46,15 @@ class SamplerConfig(Strict):
     """Optuna sampler. ``seed`` makes a sweep's proposals repeatable."""
 
     kind: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
-    seed: int | None = None
+    # Optuna's samplers seed numpy, which takes 0 to 2**32 - 1 and raises on anything else.
+    seed: int | None = Field(default=None, ge=0, lt=2**32)
     n_startup_trials: int | None = Field(default=None, ge=0)
     start: Literal["random", "stratified"] = Field(
         default="random", description="tpe only: how the n_startup_trials first trials are "
         "drawn; stratified spreads them over every knob's range (a Latin hypercube)")
 
     @model_validator(mode="after")
-    def _start_is_tpe_s(self) -> SamplerConfig:
+    def _stratified_start_needs_tpe(self) -> SamplerConfig:
         if self.start == "stratified" and self.kind != "tpe":
             raise ValueError(f"start: stratified is for kind: tpe; the {self.kind} sampler "
                              "draws its own start: remove start or set kind: tpe")

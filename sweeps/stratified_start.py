@@ -11,7 +11,9 @@ way. After the start, it is Optuna's TPE unchanged.
 
 The stratum a trial takes is fixed by its number in the study, so trials asked at the same
 time (``concurrency`` > 1) take different strata; a trial past the start whose TPE model is
-not ready yet (earlier ones still running) gets an independent draw, as TPE does.
+not ready yet (earlier ones still running) gets an independent draw, as TPE does. Trials
+copied in by ``warm_start`` take the first numbers and count as start trials: with
+``n_startup_trials`` of them, TPE models from the first new trial.
 """
 
 from __future__ import annotations

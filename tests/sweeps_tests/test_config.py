@@ -158,6 +158,21 @@ ERROR_CASES = {
         search_space:
           epochs: {choices: [0, 3]}  # <-
         """, "search_space.epochs", "epoch counts must be at least 1, got 0"),
+    "negative sampler seed": ("""\
+        name: x
+        dataset: {path: d.jsonl}
+        backend: {kind: local}
+        sampler:
+          seed: -1  # <-
+        """, "sampler.seed", "greater than or equal to 0"),
+    "stratified start for the random sampler": ("""\
+        name: x
+        dataset: {path: d.jsonl}
+        backend: {kind: local}
+        sampler:  # <-
+          kind: random
+          start: stratified
+        """, "sampler", "start: stratified is for kind: tpe"),
     "bad backend kind": ("""\
         name: x
         dataset: {path: d.jsonl}

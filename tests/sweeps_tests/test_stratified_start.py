@@ -9,7 +9,6 @@ import optuna
 import pytest
 
 from sweeps.config import SweepConfig
-from sweeps.errors import ConfigError
 from sweeps.search_space import make_sampler
 from sweeps.search_space import suggest_knobs
 
@@ -93,9 +92,3 @@ def test_after_the_start_the_trials_are_tpes_own(make_config) -> None:
     later = [t.params for t in study.trials[STRATA:]]
 
     assert sum(p["batch_size"] == 8 for p in later) > len(later) / 2
-
-
-def test_a_stratified_start_for_another_sampler_is_a_config_error_naming_the_key(
-        make_config) -> None:
-    with pytest.raises(ConfigError, match="start: stratified is for kind: tpe"):
-        make_config(search_space=SPACE, sampler={"kind": "random", "start": "stratified"})
