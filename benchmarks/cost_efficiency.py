@@ -57,7 +57,7 @@ and space (floors excluded); a sweep that never reaches it within ``n_trials`` c
 infinite (the ``reached`` count says how often).
 
 Run: ``python benchmarks/cost_efficiency.py [--seeds 30] [--n-trials 40] [--jobs 2]``.
-About 30 minutes on 2 cores with the defaults (the run docs/cost_efficiency.md quotes); the
+About an hour on 2 cores with the defaults (the run docs/cost_efficiency.md quotes); the
 same seeds print the same table.
 """
 
