@@ -92,3 +92,33 @@ def test_after_the_start_the_trials_are_tpes_own(make_config) -> None:
     later = [t.params for t in study.trials[STRATA:]]
 
     assert sum(p["batch_size"] == 8 for p in later) > len(later) / 2
+
+
+def test_workers_of_one_distributed_sweep_share_the_start(make_config, tmp_path) -> None:
+    # Each worker builds its own sampler; unseeded, they agree on the shuffle through the
+    # study name, so trials asked by different workers still take different slices.
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    config = _config(make_config, start="stratified")
+    optuna.create_study(study_name="shared", storage=storage)
+    workers = [optuna.load_study(study_name="shared", storage=storage,
+                                 sampler=make_sampler(config)) for _ in range(2)]
+    start = []
+    for number in range(STRATA):
+        worker = workers[number % 2]
+        trial = worker.ask()
+        start.append(suggest_knobs(trial, config.search_space))
+        worker.tell(trial, 1.0)
+
+    assert sorted(_log_stratum(k["learning_rate_multiplier"]) for k in start) == list(
+        range(STRATA))
+    assert sorted(k["batch_size"] for k in start) == [8, 8, 16, 16, 32, 32]
+
+
+def test_a_searched_epoch_count_spans_its_range_in_the_start(make_config) -> None:
+    config = make_config(search_space={**SPACE, "epochs": {"low": 1, "high": 8}},
+                         sampler={"kind": "tpe", "n_startup_trials": STRATA, "seed": 3,
+                                  "start": "stratified"})
+    epochs = [knobs["epochs"] for knobs in _start(config)]
+
+    assert all(isinstance(e, int) and 1 <= e <= 8 for e in epochs)
+    assert min(epochs) <= 2 and max(epochs) >= 7
