@@ -36,8 +36,15 @@ SEARCH_SPACE = {"epochs": {"value": 4},
 
 
 def start_sweep(config_path: Path) -> subprocess.Popen[bytes]:
+    # Ctrl-C in a terminal: a shell without job control starts background commands with
+    # SIGINT ignored (CI may run so), the sweep would inherit that and never see the signal.
     return subprocess.Popen([*RUN, str(config_path), "-q"], cwd=config_path.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def created_jobs(config) -> list[str]:
