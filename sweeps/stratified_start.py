@@ -1,13 +1,13 @@
 """TPE whose random start is a Latin hypercube instead of independent draws.
 
 A sweep's first trials are random (TPE needs some history before it can model anything).
-Independent draws clump: with four trials over three batch sizes and a multiplier range of
-30x, two or three often land on the same batch size or the same end of the range, and TPE
-then refines a region it was never shown to be good. Here the ``n_startup_trials`` first
-trials split every searched knob's range into as many equal strata (in log space for a log
-range) and each trial takes a different stratum of each knob, in an order shuffled per knob,
-at a random point inside it. A categorical knob's choices are shared out evenly the same
-way. After the start, it is Optuna's TPE unchanged.
+Independent draws clump: six of them leave out one of three batch sizes in a quarter of
+sweeps (3 x (2/3)^6), and take one multiplier from each sixth of its range in 1.5% only
+(6!/6^6); TPE then refines what it was shown, not having seen the rest. Here the
+``n_startup_trials`` first trials split every searched knob's range into as many equal
+strata (in log space for a log range) and each trial takes a different stratum of each
+knob, in an order shuffled per knob, at a random point inside it. A categorical knob's
+choices are shared out evenly the same way. After the start, it is Optuna's TPE unchanged.
 
 The stratum a trial takes is fixed by its number in the study, so trials asked at the same
 time (``concurrency`` > 1) take different strata; a trial past the start whose TPE model is
