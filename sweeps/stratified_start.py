@@ -38,7 +38,9 @@ class StratifiedStartTPESampler(optuna.samplers.TPESampler):
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                            param_name: str, param_distribution: BaseDistribution) -> Any:
-        if trial.number < self._strata and _finished(study) < self._strata:
+        # Numbers below n_startup_trials leave fewer trials than that before this one, so
+        # TPE's own start rule (fewer finished than n_startup_trials) holds here too.
+        if trial.number < self._strata:
             return self._stratified(study, trial.number, param_name, param_distribution)
         return super().sample_independent(study, trial, param_name, param_distribution)
 
@@ -53,11 +55,6 @@ class StratifiedStartTPESampler(optuna.samplers.TPESampler):
         inside = np.random.default_rng([start, knob, number]).random()
         unit = (stratum + inside) / self._strata  # in [0, 1): where in the knob's range
         return _at(unit, distribution)
-
-
-def _finished(study: optuna.Study) -> int:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study._get_trials(deepcopy=False, states=states, use_cache=True))
 
 
 def _at(unit: float, distribution: BaseDistribution) -> Any:
