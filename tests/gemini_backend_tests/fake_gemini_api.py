@@ -161,6 +161,7 @@ def _handler_for(fake: FakeGeminiApi) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = raw.decode("utf-8", "replace")  # a form post (the token endpoint)
+            chaos = None
             try:
                 if parts.path.startswith("/_admin/"):
                     self._reply(200, _admin(fake, method, parts.path, query, body))
@@ -175,11 +176,14 @@ def _handler_for(fake: FakeGeminiApi) -> type[BaseHTTPRequestHandler]:
                 fake.state.raise_fault(method, parts.path)
                 result = _route(fake.state, method, parts.path, query, body)
                 fake.state.raise_fault(method, parts.path, after=True)
-                if answer_after(self, chaos, slow_s=fake.chaos.slow_s):
-                    return
-                self._reply(200, result)
+                code, extra = 200, None
             except ServiceError as error:
-                self._reply(error.code, error.body(), headers=error.headers)
+                code, result, extra = error.code, error.body(), error.headers
+            # An after-the-call fault spoils error answers too (a retried create's 409, a
+            # lookup's 404), as on Vertex: a fault that is counted is one the client sees.
+            if answer_after(self, chaos, slow_s=fake.chaos.slow_s):
+                return
+            self._reply(code, result, headers=extra)
 
         def _authenticate(self, query: dict[str, str]) -> None:
             bearer = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
