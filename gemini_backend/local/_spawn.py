@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 _LOG_TAIL_LINES = 8
 _LOG_TAIL_CHARS = 2000
+#: Starts of a job whose workers die before writing their pid, before it is reported FAILED.
+_MAX_LAUNCHES = 3
 
 
 def resolve_settings(
@@ -125,6 +127,7 @@ def start_worker(job: JobDir, lock_fd: int, *, threads: int) -> None:
     argv = [sys.executable, "-m", "gemini_backend.local._worker", str(job.path.resolve()),
             "--lock-fd", str(lock_fd)]
     try:
+        job.update_status(launches=job.read_status().get("launches", 0) + 1)
         with open(job.log_file, "ab") as log:
             process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -136,6 +139,38 @@ def start_worker(job: JobDir, lock_fd: int, *, threads: int) -> None:
     finally:
         os.close(lock_fd)  # the worker's inherited copy keeps the lock
     threading.Thread(target=process.wait, name=f"reap-{job.path.name}", daemon=True).start()
+
+
+def start_if_never_started(job: JobDir) -> bool:
+    """Start the worker of a job whose submitter died between creating the job's folder and
+    starting its process. Returns False when the job cannot be saved (its worker ran and
+    died, or died as it started ``_MAX_LAUNCHES`` times); True means "read its status again".
+
+    The folder tells a rerun that the job exists, so nothing would submit it again: without
+    this, a job that never ran would be reported FAILED and its trial lost.
+    """
+    fd = os.open(job.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another poller has just started it
+        os.close(fd)
+        return True
+    # Read again under the lock: a worker started by another poller may have run and ended.
+    status = job.read_status()
+    if JobState(status.get("state", "QUEUED")).is_terminal():
+        os.close(fd)
+        return True
+    if status.get("pid") is not None or status.get("launches", 0) >= _MAX_LAUNCHES:
+        os.close(fd)
+        return False
+    logger.warning("job=%s has no worker (its submitter died before starting one); "
+                   "starting it now", job.path.name)
+    _, settings = job.read_job()
+    try:
+        start_worker(job, fd, threads=settings.threads)
+    except BackendError as exc:  # the status now says FAILED and why
+        logger.warning("%s", exc)
+    return True
 
 
 def job_dir(root: Path, job_id: str) -> JobDir | None:
@@ -171,7 +206,7 @@ def death_reason(job: JobDir, status: dict[str, Any]) -> str:
     """Why a job whose worker is gone never finished, with the tail of its log."""
     pid = status.get("pid")
     if pid is None:
-        head = "the worker process never started (the submitting process may have died)"
+        head = f"the worker process died as it started, {status.get('launches', 0)} times"
     else:
         head = f"the worker process (pid {pid}) died before finishing (killed or crashed)"
     try:

@@ -206,6 +206,8 @@ class LocalBackend(BaseBackend):
         if job.cancel_file.exists():
             logger.info("job=%s cancelled before its worker wrote a final status", job.path.name)
             return job.update_status(state=JobState.CANCELLED.value)
+        if _spawn.start_if_never_started(job):
+            return job.read_status()
         reason = _spawn.death_reason(job, status)
         logger.warning("job=%s failed: %s", job.path.name, reason.splitlines()[0])
         failed = {"state": JobState.FAILED.value, "error_message": reason,

@@ -26,7 +26,9 @@ from gemini_backend import JobState
 from gemini_backend import create_backend
 from gemini_backend.local import LocalBackend
 from gemini_backend.local import LocalBackendConfig
+from gemini_backend.local import _spawn
 from gemini_backend.local._jobdir import JobDir
+from gemini_backend.local._jobdir import job_id_for
 from tests.gemini_backend_tests.contract import BackendContract
 from tests.gemini_backend_tests.contract import wait_running
 from tests.gemini_backend_tests.contract import wait_terminal
@@ -241,6 +243,50 @@ def test_a_killed_caller_does_not_kill_its_job(tmp_path: Path) -> None:
     ref = backend.find("orphan")
     assert ref is not None
     assert wait_terminal(backend, ref, TIMEOUT_S).state is JobState.SUCCEEDED
+
+
+def test_a_job_whose_caller_died_before_starting_its_worker_is_started_by_a_poll(
+        tmp_path: Path) -> None:
+    """SIGKILL between the job folder's appearance and its worker's start: the folder says
+    the job exists (so a rerun finds it and submits nothing), yet nothing runs it. The next
+    poll starts it instead of reporting a job that never ran as FAILED."""
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from tests.gemini_backend_tests.test_local import small_config, request\n"
+        "from gemini_backend.local import _spawn\n"
+        "from gemini_backend.local._jobdir import job_id_for\n"
+        "tmp = Path(sys.argv[1])\n"
+        "config = small_config(tmp)\n"
+        "settings = _spawn.resolve_settings(request('stillborn'), config, base_dir=tmp,\n"
+        "                                   threads=1)\n"
+        "_spawn.create_job(config.job_root, job_id_for('stillborn'), request('stillborn'),\n"
+        "                  settings)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    caller = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root, check=False)
+    assert caller.returncode == -signal.SIGKILL
+    backend = LocalBackend(small_config(tmp_path), base_dir=tmp_path)
+    ref = backend.find("stillborn")
+    assert ref is not None and backend.submit(request("stillborn")) == ref
+    status = wait_terminal(backend, ref, TIMEOUT_S)
+    assert status.state is JobState.SUCCEEDED, status.error_message
+    assert status.epochs_completed == 2 and len(_job_dirs(backend)) == 1
+
+
+def test_a_worker_that_keeps_dying_as_it_starts_is_failed_not_restarted_forever(
+        backend) -> None:
+    settings = _spawn.resolve_settings(request("doomed"), backend.config,
+                                       base_dir=backend.base_dir, threads=1)
+    job, lock_fd = _spawn.create_job(backend.job_root, job_id_for("doomed"), request("doomed"),
+                                     settings)
+    job.update_status(launches=3)  # as if three workers had died before writing their pid
+    os.close(lock_fd)
+    status = backend.poll(backend.find("doomed"))
+    assert status.state is JobState.FAILED
+    assert "3 times" in status.error_message
+    assert not job.log_file.exists()  # no fourth worker was started
 
 
 def test_importing_the_backend_does_not_import_torch() -> None:
