@@ -48,17 +48,20 @@ Each table row ends with the geometric mean of the method's ratios over the data
 run ends with each method's geometric mean over every cell printed: the one figure the
 default is chosen by. A cell that is never reached makes it infinite.
 
-Cost: cumulative training tokens of every trial finished so far (pruned and stopped ones too)
-in the order they finished (concurrency 1). A cancelled job is billed for the steps it
-trained, as the local backend that recorded the curves reports it; the runner cancels at the
-end of the epoch whose validation loss decided it, one poll (0.4 epoch here) at most later.
-The target is 2% above the best quality that any method's incumbent reached on that dataset
-and space (floors excluded); a sweep that never reaches it within ``n_trials`` counts as
-infinite (the ``reached`` count says how often).
+Cost: cumulative training tokens of every trial finished so far (pruned and stopped ones
+too) in the order they finished, plus, with ``--concurrency`` above 1, what the jobs still
+running had trained by then. A cancelled job is billed for the steps it trained, as the
+local backend that recorded the curves reports it; the runner cancels at the end of the
+epoch whose validation loss decided it, one poll (0.4 epoch here) at most later. The target
+is 2% above the best quality that any method's incumbent reached on that dataset and space
+(floors excluded); a sweep that never reaches it within ``n_trials`` counts as infinite (the
+``reached`` count says how often).
 
-Run: ``python benchmarks/cost_efficiency.py [--seeds 30] [--n-trials 40] [--jobs 2]``.
-About an hour on 2 cores with the defaults (the run docs/cost_efficiency.md quotes); the
-same seeds print the same table.
+Run: ``python benchmarks/cost_efficiency.py [--seeds 30] [--n-trials 40] [--jobs 2]
+[--concurrency 1]``. About an hour on 2 cores with the defaults (the run
+docs/cost_efficiency.md quotes); the same seeds print the same table. With ``--concurrency``
+above 1 (jobs in flight per sweep, for every method) the order in which simultaneous events
+are handled depends on thread timing, and a rerun can differ by a trial here and there.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -157,18 +160,44 @@ class Trace:
 
 
 class RecordingTracker(NullTracker):
-    """Keeps every finished trial in the order it finished (MLflow is not the subject)."""
+    """Keeps every finished trial in the order it finished, with when (on the simulated
+    clock) it started and finished (MLflow is not the subject)."""
 
-    def __init__(self) -> None:
-        self.outcomes: list[TrialOutcome] = []
+    def __init__(self, clock: SimClock) -> None:
+        self._clock = clock
+        self._started_s: dict[int, float] = {}
+        self.finished: list[FinishedTrial] = []
+
+    def trial_started(self, number: int, knobs: dict[str, Any], key: str,
+                      job_ref: dict[str, str] | None) -> str | None:
+        self._started_s.setdefault(number, self._clock())
+        return None
 
     def record_trial(self, outcome: TrialOutcome) -> str | None:
-        self.outcomes.append(outcome)
+        self.finished.append(FinishedTrial(outcome, self._started_s.get(outcome.number,
+                                                                       self._clock()),
+                                           self._clock()))
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedTrial:
+    outcome: TrialOutcome
+    started_s: float
+    finished_s: float
+
+    def tokens_by(self, time_s: float) -> float:
+        """Tokens its job had trained by ``time_s`` (the replay bills steps, at an even pace)."""
+        if time_s >= self.finished_s:
+            return float(self.outcome.training_tokens)
+        if time_s <= self.started_s:
+            return 0.0
+        share = (time_s - self.started_s) / (self.finished_s - self.started_s)
+        return share * self.outcome.training_tokens
+
+
 def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], *,
-                seed: int, n_trials: int) -> SweepConfig:
+                seed: int, n_trials: int, concurrency: int = 1) -> SweepConfig:
     data: dict[str, Any] = {
         "name": "bench", "dataset": {"path": str(DATA_DIR / f"{dataset}.jsonl"),
                                      "validation_split": 0.15, "seed": 0},
@@ -176,7 +205,7 @@ def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], 
                     "time_scale": _time_scale(dataset), "job_root": str(folder / "jobs")},
         "search_space": {"epochs": method["epochs"], **method.get("space", SPACES[space])},
         "sampler": {"kind": "tpe", **method.get("sampler", {}), "seed": seed},
-        "n_trials": n_trials, "concurrency": 1, "poll_interval_s": POLL_INTERVAL_S,
+        "n_trials": n_trials, "concurrency": concurrency, "poll_interval_s": POLL_INTERVAL_S,
         "storage": f"sqlite:///{folder / 'optuna.db'}", "config_dir": folder,
     }
     if "pruner" in method:
@@ -223,31 +252,37 @@ def _eval_by_epoch(record: ReplayRecord) -> dict[int, float]:
     return {p.epoch: p.eval_loss for p in record.curve if p.eval_loss is not None}
 
 
-def run_one(task: tuple[str, str, str, int, int]) -> tuple[tuple[str, str, str], Trace]:
-    space, dataset, method, seed, n_trials = task
+def run_one(task: tuple[str, str, str, int, int, int]) -> tuple[tuple[str, str, str], Trace]:
+    space, dataset, method, seed, n_trials, concurrency = task
     _quiet()
     with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
         folder = Path(tmp)
         config = make_config(folder, dataset, space, METHODS[method], seed=seed,
-                             n_trials=n_trials)
+                             n_trials=n_trials, concurrency=concurrency)
         # The study's id goes into every idempotency key, and the key picks which seed of a
         # cell the replay serves: fixed per benchmark seed, the served runs repeat and are
         # the same for every method (paired comparison), not random per run.
         open_study(config).set_user_attr(STUDY_ATTR_SWEEP_ID, f"{seed:032d}")
         clock = SimClock()
         backend = ReplayBackend(config.backend, base_dir=folder, clock=clock)  # type: ignore[arg-type]
-        tracker = RecordingTracker()
+        tracker = RecordingTracker(clock)
         run_sweep(config, backend=backend, tracker=tracker, clock=clock, sleep=clock.sleep)
-    return (space, dataset, method), trace_of(tracker.outcomes, _truth(dataset))
+    return (space, dataset, method), trace_of(tracker.finished, _truth(dataset))
 
 
-def trace_of(outcomes: Iterable[TrialOutcome], truth: Truth) -> Trace:
+def trace_of(finished: Sequence[FinishedTrial], truth: Truth) -> Trace:
+    """The incumbent's quality and the tokens spent so far, each time a trial finishes.
+
+    Spent: every finished trial's tokens plus what the jobs still running have trained by
+    then (with ``concurrency`` > 1 those are on the bill too).
+    """
     points: list[tuple[float, tuple[float, ...]]] = []
-    tokens, incumbent_value = 0.0, math.inf
+    incumbent_value = math.inf
     quality: tuple[float, ...] = (math.inf, math.inf)
     n_pruned = n_stopped = 0
-    for outcome in outcomes:
-        tokens += outcome.training_tokens
+    for trial in finished:
+        outcome = trial.outcome
+        tokens = sum(other.tokens_by(trial.finished_s) for other in finished)
         n_pruned += outcome.state is TrialState.PRUNED
         n_stopped += outcome.stopped_after_epoch is not None
         is_better = outcome.state is TrialState.COMPLETE and outcome.value is not None \
@@ -270,6 +305,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--n-trials", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=2, help="sweeps run at once")
+    parser.add_argument("--concurrency", type=int, default=1, help="jobs in flight per sweep")
     parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -278,9 +314,9 @@ def main() -> None:
     methods = ["tpe", *[m for m in args.methods if m != "tpe"]]  # the ratio's base
     print(f"optuna {optuna.__version__}; {args.seeds} seeds x {args.n_trials} trials per "
           f"sweep; target: within {TARGET_GAP:.0%} of the best incumbent any method reached")
-    tasks = [(space, dataset, method, seed, args.n_trials) for space in args.spaces
-             for dataset in args.datasets for method in methods_in(space, methods)
-             for seed in range(args.seeds)]
+    tasks = [(space, dataset, method, seed, args.n_trials, args.concurrency)
+             for space in args.spaces for dataset in args.datasets
+             for method in methods_in(space, methods) for seed in range(args.seeds)]
     started_s = time.monotonic()
     traces: dict[tuple[str, str, str], list[Trace]] = {}
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:

@@ -416,3 +416,22 @@ def test_the_benchmark_summary_makes_a_method_that_misses_a_cell_infinite() -> N
     assert geomean([0.25, float("inf")]) == float("inf")
     assert bench["_fmt_ratio"](geomean([0.25, float("inf")])) == "inf (a cell not reached)"
     assert bench["_fmt_ratio"](geomean([0.25, float("nan")])) == "n/a"
+
+
+def test_the_benchmark_bills_jobs_still_running_when_a_trial_finishes() -> None:
+    # With concurrency > 1 a sweep that stops at its first near-best trial still pays for
+    # what the other jobs in flight trained: the benchmark must count it for every method.
+    bench = _cost_benchmark()
+
+    def pruned(number: int, tokens: int, started_s: float, finished_s: float):
+        outcome = ts.TrialOutcome(number=number, state=optuna.trial.TrialState.PRUNED,
+                                  knobs={}, key=f"k{number}", job_ref=None, snapshots=(),
+                                  training_tokens=tokens)
+        return bench["FinishedTrial"](outcome, started_s, finished_s)
+
+    first, second = pruned(0, 1000, 0.0, 10.0), pruned(1, 3000, 5.0, 20.0)
+    trace = bench["trace_of"]([first, second], truth=None)
+
+    # At t=10 the second job has run 5 of its 15 s: a third of its 3000 tokens.
+    assert [tokens for tokens, _ in trace.points] == [pytest.approx(2000.0), 4000.0]
+    assert trace.n_pruned == 2
