@@ -225,21 +225,28 @@ def test_a_bad_base_model_is_rejected_before_anything_is_created(backend) -> Non
     assert backend.find("bad-model") is None
 
 
-def test_a_killed_caller_does_not_kill_its_job(tmp_path: Path) -> None:
-    """The submitting process dies (SIGKILL) right after submit; the job runs on."""
+def _caller_killed_after(tmp_path: Path, body: str) -> LocalBackend:
+    """Run ``body`` in a process that then SIGKILLs itself; a fresh backend on its folder."""
     script = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
         "from tests.gemini_backend_tests.test_local import small_config, request\n"
-        "from gemini_backend.local import LocalBackend\n"
+        "from gemini_backend.local import LocalBackend, _spawn\n"
+        "from gemini_backend.local._jobdir import job_id_for\n"
         "tmp = Path(sys.argv[1])\n"
-        "LocalBackend(small_config(tmp), base_dir=tmp).submit(request('orphan', epochs=2))\n"
+        f"{body}\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     root = Path(__file__).resolve().parents[2]
     caller = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root, check=False)
     assert caller.returncode == -signal.SIGKILL
-    backend = LocalBackend(small_config(tmp_path), base_dir=tmp_path)
+    return LocalBackend(small_config(tmp_path), base_dir=tmp_path)
+
+
+def test_a_killed_caller_does_not_kill_its_job(tmp_path: Path) -> None:
+    """The submitting process dies (SIGKILL) right after submit; the job runs on."""
+    backend = _caller_killed_after(
+        tmp_path, "LocalBackend(small_config(tmp), base_dir=tmp).submit(request('orphan'))")
     ref = backend.find("orphan")
     assert ref is not None
     assert wait_terminal(backend, ref, TIMEOUT_S).state is JobState.SUCCEEDED
@@ -250,24 +257,12 @@ def test_a_job_whose_caller_died_before_starting_its_worker_is_started_by_a_poll
     """SIGKILL between the job folder's appearance and its worker's start: the folder says
     the job exists (so a rerun finds it and submits nothing), yet nothing runs it. The next
     poll starts it instead of reporting a job that never ran as FAILED."""
-    script = (
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
-        "from tests.gemini_backend_tests.test_local import small_config, request\n"
-        "from gemini_backend.local import _spawn\n"
-        "from gemini_backend.local._jobdir import job_id_for\n"
-        "tmp = Path(sys.argv[1])\n"
+    backend = _caller_killed_after(tmp_path, (
         "config = small_config(tmp)\n"
         "settings = _spawn.resolve_settings(request('stillborn'), config, base_dir=tmp,\n"
         "                                   threads=1)\n"
         "_spawn.create_job(config.job_root, job_id_for('stillborn'), request('stillborn'),\n"
-        "                  settings)\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    root = Path(__file__).resolve().parents[2]
-    caller = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root, check=False)
-    assert caller.returncode == -signal.SIGKILL
-    backend = LocalBackend(small_config(tmp_path), base_dir=tmp_path)
+        "                  settings)"))
     ref = backend.find("stillborn")
     assert ref is not None and backend.submit(request("stillborn")) == ref
     status = wait_terminal(backend, ref, TIMEOUT_S)
