@@ -8,7 +8,8 @@ sweep's config loader imports :class:`LocalBackendConfig`.
 
 Each job lives in ``<job_root>/<job_id>/`` (see :mod:`gemini_backend.local._jobdir`); every
 method reads that directory, so a restarted sweep re-attaches to its jobs by reference or by
-idempotency key, and a worker that died is reported ``FAILED`` with the tail of its log.
+idempotency key, a job whose submitter died before starting its worker is started by the
+next poll, and a worker that died is reported ``FAILED`` with the tail of its log.
 """
 
 from __future__ import annotations
