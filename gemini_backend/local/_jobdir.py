@@ -131,18 +131,26 @@ class JobDir:
         self.write_status(status)
         return status
 
-    def is_worker_alive(self) -> bool:
-        """True while some process holds the worker lock (the worker, from birth to exit)."""
-        try:
-            fd = os.open(self.lock_file, os.O_RDWR)
-        except FileNotFoundError:
-            return False
+    def take_worker_lock(self) -> int | None:
+        """The worker lock, held until the returned descriptor is closed (or handed to a
+        worker); ``None`` while another process holds it."""
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def is_worker_alive(self) -> bool:
+        """True while some process holds the worker lock (the worker, from birth to exit)."""
+        try:
+            fd = self.take_worker_lock()
+        except FileNotFoundError:  # the job's folder is gone
+            return False
+        if fd is None:
             return True
-        finally:
-            os.close(fd)  # closing drops the lock if we took it
+        os.close(fd)  # closing drops the lock we took
         return False
 
 

@@ -149,20 +149,15 @@ def start_if_never_started(job: JobDir) -> bool:
     The folder tells a rerun that the job exists, so nothing would submit it again: without
     this, a job that never ran would be reported FAILED and its trial lost.
     """
-    fd = os.open(job.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # another poller has just started it
-        os.close(fd)
+    fd = job.take_worker_lock()
+    if fd is None:  # another poller has just started it
         return True
     # Read again under the lock: a worker started by another poller may have run and ended.
     status = job.read_status()
-    if JobState(status.get("state", "QUEUED")).is_terminal():
+    ended = JobState(status.get("state", "QUEUED")).is_terminal()
+    if ended or status.get("pid") is not None or status.get("launches", 0) >= _MAX_LAUNCHES:
         os.close(fd)
-        return True
-    if status.get("pid") is not None or status.get("launches", 0) >= _MAX_LAUNCHES:
-        os.close(fd)
-        return False
+        return ended
     logger.warning("job=%s has no worker (its submitter died before starting one); "
                    "starting it now", job.path.name)
     _, settings = job.read_job()

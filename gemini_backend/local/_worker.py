@@ -10,7 +10,6 @@ next step with the partial curve kept.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import signal
@@ -104,10 +103,8 @@ def _hold_lock(job: JobDir, lock_fd: int | None) -> int:
     """The inherited locked descriptor, or (run by hand) a freshly taken lock."""
     if lock_fd is not None:
         return lock_fd
-    fd = os.open(job.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    fd = job.take_worker_lock()
+    if fd is None:
         sys.exit(f"{job.path}: another worker holds {job.lock_file}")
     return fd
 
