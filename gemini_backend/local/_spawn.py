@@ -7,6 +7,7 @@ concurrent submit of the same key loses the rename and returns the existing job.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -116,7 +117,8 @@ def start_worker(job: JobDir, lock_fd: int, *, threads: int) -> None:
     no zombie is left while this process lives (init reaps it if this process dies first).
 
     Raises:
-        BackendError: the process could not be started (the job is marked FAILED).
+        BackendError: the process could not be started (the job is marked FAILED if its
+            status can still be written: on a full disk it cannot, and stays QUEUED).
     """
     package_parent = str(Path(gemini_backend.__file__).resolve().parent.parent)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -134,8 +136,11 @@ def start_worker(job: JobDir, lock_fd: int, *, threads: int) -> None:
                 cwd=job.path, env=env, pass_fds=(lock_fd,), start_new_session=True,
             )
     except OSError as exc:
-        job.update_status(state=JobState.FAILED.value, error_message=f"cannot start: {exc}")
-        raise BackendError(f"local job {job.path.name}: cannot start the worker: {exc}") from exc
+        with contextlib.suppress(OSError):  # a full disk is a common reason; still say why
+            job.update_status(state=JobState.FAILED.value, error_message=f"cannot start: {exc}")
+        raise BackendError(f"local job {job.path.name}: cannot start the worker "
+                           f"({exc.strerror or exc}); if the disk of {job.path.parent} is "
+                           "full, free some space and run the same command again") from exc
     finally:
         os.close(lock_fd)  # the worker's inherited copy keeps the lock
     threading.Thread(target=process.wait, name=f"reap-{job.path.name}", daemon=True).start()
@@ -148,6 +153,10 @@ def start_if_never_started(job: JobDir) -> bool:
 
     The folder tells a rerun that the job exists, so nothing would submit it again: without
     this, a job that never ran would be reported FAILED and its trial lost.
+
+    Raises:
+        BackendError: its worker cannot be started (a full disk, say): the poll fails in
+            words, and the runner polls again, so a job waits out a disk being freed.
     """
     fd = job.take_worker_lock()
     if fd is None:  # another poller has just started it
@@ -161,10 +170,7 @@ def start_if_never_started(job: JobDir) -> bool:
     logger.warning("job=%s has no worker (its submitter died before starting one); "
                    "starting it now", job.path.name)
     _, settings = job.read_job()
-    try:
-        start_worker(job, fd, threads=settings.threads)
-    except BackendError as exc:  # the status now says FAILED and why
-        logger.warning("%s", exc)
+    start_worker(job, fd, threads=settings.threads)  # a BackendError fails this poll, in words
     return True
 
 

@@ -10,6 +10,8 @@ normal disk, as when a user points ``job_root`` at a separate volume.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -19,10 +21,19 @@ from pathlib import Path
 import optuna
 import pytest
 
+from gemini_backend import BackendError
+from gemini_backend import JobState
+from gemini_backend.local import LocalBackend
+from gemini_backend.local import _spawn
+from gemini_backend.local._jobdir import job_id_for
 from sweeps import _trial_state as ts
 from sweeps import load_config
 from sweeps.runner import open_study
 from tests.conftest import REPO_ROOT
+from tests.gemini_backend_tests.test_local import TIMEOUT_S
+from tests.gemini_backend_tests.test_local import request
+from tests.gemini_backend_tests.test_local import small_config
+from tests.gemini_backend_tests.test_local import wait_terminal
 from tests.reliability_tests._sweep_procs import seed_mlflow
 from tests.sweeps_tests.conftest import write_config
 
@@ -109,3 +120,38 @@ def test_full_job_root_fails_trials_in_words_and_a_rerun_completes_after_space_i
     assert resumed.returncode == 0, resumed.stderr
     trials = open_study(config).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE]
+
+
+def test_a_job_left_unstarted_on_a_full_disk_fails_polls_in_words_and_runs_once_space_is_freed(
+        tmp_path, job_root) -> None:
+    """Its submitter died between creating the job and starting its worker, and the disk
+    filled meanwhile: the poll that would start it says why it cannot (no bare OSError, which
+    stopped the sweep), and a poll after space is freed starts it."""
+    mount_tmpfs(job_root, "8m")
+    backend = LocalBackend(small_config(tmp_path, job_root=job_root), base_dir=tmp_path)
+    settings = _spawn.resolve_settings(request("stalled"), backend.config, base_dir=tmp_path,
+                                       threads=1)
+    _, lock_fd = _spawn.create_job(job_root, job_id_for("stalled"), request("stalled"),
+                                   settings)
+    os.close(lock_fd)  # where its submitter died
+    filler = fill_up(job_root)
+    ref = backend.find("stalled")
+    assert ref is not None
+
+    with pytest.raises(BackendError, match="No space left on device.*free some space"):
+        backend.poll(ref)
+    filler.unlink()
+    status = wait_terminal(backend, ref, TIMEOUT_S)
+    assert status.state is JobState.SUCCEEDED, status.error_message
+
+
+def fill_up(root: Path) -> Path:
+    """Write a file until the mount is full; returns it (delete it to free the space)."""
+    filler = root / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
