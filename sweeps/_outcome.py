@@ -73,10 +73,13 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
     loss for ``objective: eval_loss``) fails its trial with the reason, so it is visible.
     """
     stopped_after = job.stopped_after_epoch
-    # A job stopped past its plateau is scored on the epochs that had ended when it was
-    # stopped; the steps it ran until the cancel took effect are still recorded.
-    scored = (job.snapshots if stopped_after is None
-              else tuple(s for s in job.snapshots if s.epoch <= stopped_after))
+    # A job stopped past its plateau, or pruned, is scored on the epochs that had ended when
+    # it was cancelled: the epoch it had begun has no validation loss yet, which would void
+    # the whole validation curve. The steps it ran until the cancel are still recorded.
+    last_ended = stopped_after if stopped_after is not None else (
+        max(job.reported_epochs) if job.pruned and job.reported_epochs else None)
+    scored = (job.snapshots if last_ended is None
+              else tuple(s for s in job.snapshots if s.epoch <= last_ended))
     train, evaluation = epoch_means(scored) if scored else ([], None)
     tokens = budget.actual_tokens(reported=job.training_tokens, estimate=job.estimate_tokens,
                                   epochs_completed=job.epochs_completed, epochs=job.epochs)

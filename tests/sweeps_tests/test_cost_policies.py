@@ -8,6 +8,7 @@ studies; status and export run through the real CLI.
 from __future__ import annotations
 
 import json
+import math
 import os
 import runpy
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from gemini_backend import Capabilities
@@ -377,6 +379,33 @@ def test_a_job_stopped_at_its_plateau_before_a_crash_completes_on_resume(tmp_pat
     assert len(jobs) == 1
 
 
+def test_a_job_pruned_mid_epoch_keeps_the_validation_loss_of_the_epochs_that_ended(
+        tmp_path, seed_mlflow) -> None:
+    # The pruner acts at a poll, when the next epoch has often begun; that epoch has no
+    # validation loss yet, and must not cost the record the epochs that ended before it.
+    config = _patience_config(
+        tmp_path, search_space={"epochs": {"mode": "from_curve", "max": 8},
+                                "learning_rate_multiplier": {"choices": [1.0, 5.0]}},
+        pruner={"kind": "behind_leader", "ratio": 1.2, "min_epochs": 2},
+        poll_interval_s=0.3)  # 0.5 s an epoch: polls land inside epochs
+    curves = [_overfitting_record(m, best_epoch=8, best=best, steps_per_epoch=10)
+              for m, best in ((1.0, 1.0), (5.0, 2.0))]
+    (tmp_path / "curves.json").write_text(json.dumps(curves), encoding="utf-8")
+    seed_mlflow(config)
+    for multiplier in (1.0, 5.0):  # the leader first
+        open_study(config).enqueue_trial({"learning_rate_multiplier": multiplier})
+    clock = FakeClock()
+    backend = ReplayBackend(config.backend, base_dir=tmp_path, clock=clock)  # type: ignore[arg-type]
+    run_sweep(config, backend=backend, clock=clock, sleep=clock.sleep)
+
+    pruned = next(t for t in open_study(config).trials if t.state is TrialState.PRUNED)
+    assert pruned.params["learning_rate_multiplier"] == 5.0
+    assert pruned.user_attrs["training_tokens"] > 1000 * max(pruned.intermediate_values)
+    client = MlflowClient(tracking_uri=config.tracking_url)
+    history = client.get_metric_history(pruned.user_attrs[ts.ATTR_RUN_ID], "eval_loss_epoch")
+    assert {m.step: m.value for m in history} == pytest.approx(pruned.intermediate_values)
+
+
 def test_patience_with_evaluation_is_refused_naming_the_key(tmp_path) -> None:
     with pytest.raises(ConfigError, match="patience"):
         _patience_config(tmp_path, evaluation={"enabled": True, "metrics": ["exact_match"]},
@@ -435,3 +464,31 @@ def test_the_benchmark_bills_jobs_still_running_when_a_trial_finishes() -> None:
     # At t=10 the second job has run 5 of its 15 s: a third of its 3000 tokens.
     assert [tokens for tokens, _ in trace.points] == [pytest.approx(2000.0), 4000.0]
     assert trace.n_pruned == 2
+
+
+def test_the_oracle_bound_cancels_every_trial_before_the_one_that_reaches_the_target() -> None:
+    # --oracle-bound says whether better pruning alone could reach a ratio: it must charge
+    # the earlier trials 2 epochs each, whatever they ran, and the reaching one its plateau.
+    bench = _cost_benchmark()
+    complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+
+    def finished(number: int, state, epochs: int, tokens: int, *, value=None, plateau=None):
+        outcome = ts.TrialOutcome(number=number, state=state, knobs={}, key=f"k{number}",
+                                  job_ref=None, snapshots=(), eval_epoch_loss=(2.0,) * epochs,
+                                  value=value, plateau_epoch=plateau, training_tokens=tokens)
+        return bench["FinishedTrial"](outcome, float(number), float(number) + 1.0)
+
+    class ValueIsQuality:  # stands in for the recorded curves: a trial is worth its value
+        def quality(self, outcome, epoch):
+            return outcome.value, outcome.value
+
+    trace = bench["trace_of"]([
+        finished(0, complete, 8, 8000, value=1.5, plateau=6),  # 1000 tokens an epoch
+        finished(1, pruned, 0, 3400),  # cancelled 1.4 epochs after its second ended
+        finished(2, complete, 6, 6000, value=1.0, plateau=4),
+    ], truth=ValueIsQuality())
+
+    assert trace.tokens_to(1.0, 0) == 17400  # what the sweep paid
+    assert trace.oracle_bound_to(1.0, 0) == 2000 + 2000 + 4000
+    assert trace.oracle_bound_to(1.5, 0) == 6000  # the first trial alone, to its plateau
+    assert trace.oracle_bound_to(0.9, 0) == math.inf
