@@ -13,6 +13,8 @@ Two search spaces, because the services differ:
 
 * ``vertex``: epochs and learning-rate multiplier. Vertex AI, where Gemini tuning lives, takes
   no batch size for Gemini models (it picks its own); the recordings at batch 16 stand in.
+  It does take an adapter size, which the recordings do not have: a Vertex sweep that
+  searches it is a two-knob case like ``all``.
 * ``all``: epochs, batch size {8, 16, 32} and multiplier, as the local backend takes them.
 
 Methods, with Optuna's defaults otherwise (TPE: ``n_startup_trials=10``):
@@ -57,8 +59,13 @@ is 2% above the best quality that any method's incumbent reached on that dataset
 (floors excluded); a sweep that never reaches it within ``n_trials`` counts as infinite (the
 ``reached`` count says how often).
 
+``--oracle-bound`` (concurrency 1) also prints, per method, what reaching the target would
+have cost with the same proposals and a perfect pruner: every trial before the one that
+reaches it cancelled at epoch 2, that one stopped at its plateau. It tells whether better
+pruning alone could reach a ratio, or whether the proposals must get there in fewer trials.
+
 Run: ``python benchmarks/cost_efficiency.py [--seeds 30] [--n-trials 40] [--jobs 2]
-[--concurrency 1]``. About an hour on 2 cores with the defaults (the run
+[--concurrency 1] [--oracle-bound]``. About an hour on 2 cores with the defaults (the run
 docs/cost_efficiency.md quotes); the same seeds print the same table. With ``--concurrency``
 above 1 (jobs in flight per sweep, for every method) the order in which simultaneous events
 are handled depends on thread timing, and a rerun can differ by a trial here and there.
@@ -98,6 +105,7 @@ DATASETS = ("next_number", "reverse_word", "digit_sum")
 TrialState = optuna.trial.TrialState
 MAX_EPOCHS = 8
 TARGET_GAP = 0.02
+PERFECT_CANCEL_EPOCH = 2  # oracle_bound_to: the policy's min_epochs
 EPOCH_S = 1.0  # simulated seconds per recorded epoch (the replay's time_scale is set so)
 POLL_INTERVAL_S = 0.4  # about two polls per epoch: pruners and patience see every epoch
 MULTIPLIER = {"low": 0.3, "high": 10.0, "log": True}
@@ -151,9 +159,20 @@ class Trace:
     points: tuple[tuple[float, tuple[float, ...]], ...]
     n_pruned: int
     n_stopped: int
+    # Per point: the tokens had every earlier trial been cancelled at PERFECT_CANCEL_EPOCH
+    # and this one stopped at its plateau (see oracle_bound_to).
+    oracle_tokens: tuple[float, ...] = ()
 
     def tokens_to(self, target: float, quality: int) -> float:
         return next((tokens for tokens, q in self.points if q[quality] <= target), math.inf)
+
+    def oracle_bound_to(self, target: float, quality: int) -> float:
+        """What reaching the target would have cost with the same proposals and a perfect
+        pruner: one that cancels every trial before the one that reaches it at epoch
+        PERFECT_CANCEL_EPOCH (the policy's min_epochs) and knows when that one plateaus."""
+        return next((bound for (_, q), bound in zip(self.points, self.oracle_tokens,
+                                                    strict=True) if q[quality] <= target),
+                    math.inf)
 
     def best(self, quality: int) -> float:
         return min((q[quality] for _, q in self.points), default=math.inf)
@@ -277,6 +296,12 @@ def trace_of(finished: Sequence[FinishedTrial], truth: Truth) -> Trace:
     then (with ``concurrency`` > 1 those are on the bill too).
     """
     points: list[tuple[float, tuple[float, ...]]] = []
+    oracle_tokens: list[float] = []
+    # Every epoch costs the same (the training set's tokens); a cancelled job also paid for
+    # part of its next epoch, so the cheapest finished trial's ratio is the exact price.
+    per_epoch = min((t.outcome.training_tokens / len(t.outcome.eval_epoch_loss)
+                     for t in finished if t.outcome.eval_epoch_loss), default=0.0)
+    cancelled_early = 0.0  # the earlier trials' tokens, each cancelled at the oracle's epoch
     incumbent_value = math.inf
     quality: tuple[float, ...] = (math.inf, math.inf)
     n_pruned = n_stopped = 0
@@ -291,7 +316,12 @@ def trace_of(finished: Sequence[FinishedTrial], truth: Truth) -> Trace:
             incumbent_value = outcome.value  # type: ignore[assignment]
             quality = truth.quality(outcome, outcome.plateau_epoch or 1)
         points.append((tokens, quality))
-    return Trace(points=tuple(points), n_pruned=n_pruned, n_stopped=n_stopped)
+        reach_tokens = (per_epoch * outcome.plateau_epoch if outcome.plateau_epoch
+                        else outcome.training_tokens)
+        oracle_tokens.append(cancelled_early + reach_tokens)
+        cancelled_early += min(outcome.training_tokens, per_epoch * PERFECT_CANCEL_EPOCH)
+    return Trace(points=tuple(points), n_pruned=n_pruned, n_stopped=n_stopped,
+                 oracle_tokens=tuple(oracle_tokens))
 
 
 def _quiet() -> None:
@@ -309,6 +339,8 @@ def main() -> None:
     parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--oracle-bound", action="store_true",
+                        help="also print what a perfect pruner would have spent (concurrency 1)")
     args = parser.parse_args()
     _quiet()
     methods = ["tpe", *[m for m in args.methods if m != "tpe"]]  # the ratio's base
@@ -330,6 +362,9 @@ def main() -> None:
                                 methods_in(space, methods), traces)
             for method, cells in table.items():
                 ratios.setdefault(method, []).extend(cells)
+            if args.oracle_bound and args.concurrency == 1:
+                print_oracle_bound(space, index, args.datasets, methods_in(space, methods),
+                                   traces)
     # One figure per method to choose the default by: every cell counts, and a cell
     # that is not reached makes it infinite (a policy that misses is not cheap).
     print("\ngeometric mean of the ratios to tpe over every cell printed above "
@@ -345,11 +380,7 @@ def methods_in(space: str, methods: list[str]) -> list[str]:
 def print_table(space: str, quality: str, index: int, datasets: list[str], methods: list[str],
                 traces: dict[tuple[str, str, str], list[Trace]]) -> dict[str, list[float]]:
     """Print one space x quality table; return each method's ratios to tpe, a cell each."""
-    targets = {}
-    for dataset in datasets:
-        best = min(t.best(index) for m in methods if m not in FLOORS
-                   for t in traces[(space, dataset, m)])
-        targets[dataset] = best * (1 + TARGET_GAP)
+    targets = {d: _target(space, d, index, methods, traces) for d in datasets}
     print(f"\nspace {space}, quality = {quality} validation loss; each cell: median tokens "
           "to the target (ratio to tpe) seeds that reached it")
     print("targets: " + ", ".join(f"{d} <= {t:.4f}" for d, t in targets.items()))
@@ -375,6 +406,32 @@ def print_table(space: str, quality: str, index: int, datasets: list[str], metho
         print(f"| {method} | " + " | ".join(cells)
               + f" | {_fmt_ratio(_geomean(ratios[method]))} | {pruned:.1f} / {stopped:.1f} |")
     return ratios
+
+
+def _target(space: str, dataset: str, index: int, methods: list[str],
+            traces: dict[tuple[str, str, str], list[Trace]]) -> float:
+    """Within TARGET_GAP of the best incumbent any method (floors excluded) reached."""
+    best = min(t.best(index) for m in methods if m not in FLOORS
+               for t in traces[(space, dataset, m)])
+    return best * (1 + TARGET_GAP)
+
+
+def print_oracle_bound(space: str, index: int, datasets: list[str], methods: list[str],
+                       traces: dict[tuple[str, str, str], list[Trace]]) -> None:
+    """How far better pruning alone could go: each method's proposals, with every trial
+    before the one that reaches the target cancelled at PERFECT_CANCEL_EPOCH."""
+    targets = {d: _target(space, d, index, methods, traces) for d in datasets}
+    print(f"perfect pruner, same proposals (every trial before the one that reaches the "
+          f"target cancelled at epoch {PERFECT_CANCEL_EPOCH}): median tokens (ratio to tpe)")
+    for method in methods:
+        cells = []
+        for dataset in datasets:
+            base = _median([t.tokens_to(targets[dataset], index)
+                            for t in traces[(space, dataset, "tpe")]])
+            bound = _median([t.oracle_bound_to(targets[dataset], index)
+                             for t in traces[(space, dataset, method)]])
+            cells.append(f"{_fmt(bound)} ({bound / base:.2f})")
+        print(f"  {method}: " + " | ".join(cells))
 
 
 def _median(values: list[float]) -> float:
