@@ -156,7 +156,8 @@ def start_if_never_started(job: JobDir) -> bool:
 
     Raises:
         BackendError: its worker cannot be started (a full disk, say): the poll fails in
-            words, and the runner polls again, so a job waits out a disk being freed.
+            words; the runner polls again, backing off, and fails the trial with these
+            words if the polls keep failing.
     """
     fd = job.take_worker_lock()
     if fd is None:  # another poller has just started it
