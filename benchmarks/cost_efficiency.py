@@ -358,13 +358,13 @@ def main() -> None:
     ratios: dict[str, list[float]] = {}
     for space in args.spaces:
         for index, quality in enumerate(QUALITIES):
-            table = print_table(space, quality, index, args.datasets,
-                                methods_in(space, methods), traces)
+            in_space = methods_in(space, methods)
+            targets = {d: _target(space, d, index, in_space, traces) for d in args.datasets}
+            table = print_table(space, quality, index, targets, in_space, traces)
             for method, cells in table.items():
                 ratios.setdefault(method, []).extend(cells)
             if args.oracle_bound and args.concurrency == 1:
-                print_oracle_bound(space, index, args.datasets, methods_in(space, methods),
-                                   traces)
+                print_oracle_bound(space, index, targets, in_space, traces)
     # One figure per method to choose the default by: every cell counts, and a cell
     # that is not reached makes it infinite (a policy that misses is not cheap).
     print("\ngeometric mean of the ratios to tpe over every cell printed above "
@@ -377,10 +377,11 @@ def methods_in(space: str, methods: list[str]) -> list[str]:
     return [m for m in methods if space in FLOORS.get(m, (space,))]
 
 
-def print_table(space: str, quality: str, index: int, datasets: list[str], methods: list[str],
+def print_table(space: str, quality: str, index: int, targets: dict[str, float],
+                methods: list[str],
                 traces: dict[tuple[str, str, str], list[Trace]]) -> dict[str, list[float]]:
     """Print one space x quality table; return each method's ratios to tpe, a cell each."""
-    targets = {d: _target(space, d, index, methods, traces) for d in datasets}
+    datasets = list(targets)
     print(f"\nspace {space}, quality = {quality} validation loss; each cell: median tokens "
           "to the target (ratio to tpe) seeds that reached it")
     print("targets: " + ", ".join(f"{d} <= {t:.4f}" for d, t in targets.items()))
@@ -392,8 +393,7 @@ def print_table(space: str, quality: str, index: int, datasets: list[str], metho
         cells = []
         for dataset in datasets:
             runs = traces[(space, dataset, method)]
-            base = _median([t.tokens_to(targets[dataset], index)
-                            for t in traces[(space, dataset, "tpe")]])
+            base = _tpe_tokens_to(space, dataset, targets[dataset], index, traces)
             costs = [t.tokens_to(targets[dataset], index) for t in runs]
             median = _median(costs)
             ratio = median / base if math.isfinite(base) and base > 0 else math.nan
@@ -416,19 +416,23 @@ def _target(space: str, dataset: str, index: int, methods: list[str],
     return best * (1 + TARGET_GAP)
 
 
-def print_oracle_bound(space: str, index: int, datasets: list[str], methods: list[str],
+def _tpe_tokens_to(space: str, dataset: str, target: float, index: int,
+                   traces: dict[tuple[str, str, str], list[Trace]]) -> float:
+    """Plain TPE's median tokens to the target: the base of every ratio."""
+    return _median([t.tokens_to(target, index) for t in traces[(space, dataset, "tpe")]])
+
+
+def print_oracle_bound(space: str, index: int, targets: dict[str, float], methods: list[str],
                        traces: dict[tuple[str, str, str], list[Trace]]) -> None:
     """How far better pruning alone could go: each method's proposals, with every trial
     before the one that reaches the target cancelled at PERFECT_CANCEL_EPOCH."""
-    targets = {d: _target(space, d, index, methods, traces) for d in datasets}
     print(f"perfect pruner, same proposals (every trial before the one that reaches the "
           f"target cancelled at epoch {PERFECT_CANCEL_EPOCH}): median tokens (ratio to tpe)")
     for method in methods:
         cells = []
-        for dataset in datasets:
-            base = _median([t.tokens_to(targets[dataset], index)
-                            for t in traces[(space, dataset, "tpe")]])
-            bound = _median([t.oracle_bound_to(targets[dataset], index)
+        for dataset, target in targets.items():
+            base = _tpe_tokens_to(space, dataset, target, index, traces)
+            bound = _median([t.oracle_bound_to(target, index)
                              for t in traces[(space, dataset, method)]])
             cells.append(f"{_fmt(bound)} ({bound / base:.2f})")
         print(f"  {method}: " + " | ".join(cells))

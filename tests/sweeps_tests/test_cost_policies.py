@@ -484,7 +484,7 @@ def test_the_oracle_bound_cancels_every_trial_before_the_one_that_reaches_the_ta
 
     trace = bench["trace_of"]([
         finished(0, complete, 8, 8000, value=1.5, plateau=6),  # 1000 tokens an epoch
-        finished(1, pruned, 0, 3400),  # cancelled 1.4 epochs after its second ended
+        finished(1, pruned, 2, 3400),  # cancelled 1.4 epochs after its second ended
         finished(2, complete, 6, 6000, value=1.0, plateau=4),
     ], truth=ValueIsQuality())
 
