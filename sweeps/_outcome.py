@@ -73,11 +73,18 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
     loss for ``objective: eval_loss``) fails its trial with the reason, so it is visible.
     """
     stopped_after = job.stopped_after_epoch
-    # A job stopped past its plateau, or pruned, is scored on the epochs that had ended when
-    # it was cancelled: the epoch it had begun has no validation loss yet, which would void
-    # the whole validation curve. The steps it ran until the cancel are still recorded.
-    last_ended = stopped_after if stopped_after is not None else (
-        max(job.reported_epochs) if job.pruned and job.reported_epochs else None)
+    # A job stopped past its plateau, pruned, or ended by a failure or a cancel from outside,
+    # is scored and recorded on the epochs that had ended: the epoch it had begun has no
+    # validation loss yet, which would void the whole validation curve. The steps it ran
+    # until the end are still recorded.
+    if stopped_after is not None:
+        last_ended: int | None = stopped_after
+    elif job.pruned and job.reported_epochs:
+        last_ended = max(job.reported_epochs)
+    elif final_state is not JobState.SUCCEEDED:
+        last_ended = _last_validated_epoch(job)
+    else:
+        last_ended = None
     scored = (job.snapshots if last_ended is None
               else tuple(s for s in job.snapshots if s.epoch <= last_ended))
     train, evaluation = epoch_means(scored) if scored else ([], None)
@@ -120,6 +127,11 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
         loss_at_plateau=plateau.loss, recommended_epochs=recommended,
         flags=flags, **base,
     )
+
+
+def _last_validated_epoch(job: InFlight) -> int | None:
+    """The last epoch with a validation loss, or None when the job reported none."""
+    return max((s.epoch for s in job.snapshots if s.eval_loss is not None), default=None)
 
 
 def _failure_reason(job: InFlight, final_state: JobState) -> str:
