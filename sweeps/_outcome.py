@@ -130,8 +130,12 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
 
 
 def _last_validated_epoch(job: InFlight) -> int | None:
-    """The last epoch with a validation loss, or None when the job reported none."""
-    return max((s.epoch for s in job.snapshots if s.eval_loss is not None), default=None)
+    """The last epoch with a validation loss when every epoch before it has one too, else
+    None: with no validation at all, or with gaps (a service that does not evaluate every
+    epoch), trimming would cost training epochs and give no validation curve back."""
+    validated = {s.epoch for s in job.snapshots if s.eval_loss is not None}
+    last = max(validated, default=None)
+    return last if last is not None and validated == set(range(1, last + 1)) else None
 
 
 def _failure_reason(job: InFlight, final_state: JobState) -> str:

@@ -406,17 +406,15 @@ def test_a_job_pruned_mid_epoch_keeps_the_validation_loss_of_the_epochs_that_end
     assert {m.step: m.value for m in history} == pytest.approx(pruned.intermediate_values)
 
 
-def test_a_job_cancelled_outside_the_sweep_mid_epoch_keeps_its_validation_curve(
-        tmp_path, seed_mlflow) -> None:
-    # Someone cancels the job in the console (or the service fails it) inside epoch 3: the
-    # trial fails, and its record still shows the validation loss of epochs 1 and 2, which
-    # is what the user opens the run to look at.
+def _cancelled_outside_the_sweep(tmp_path: Path, seed_mlflow: Any, record: dict[str, Any], *,
+                                 after_epochs: float) -> dict[str, list[tuple[int, float]]]:
+    """Run one replay job that someone cancels in the console (or the service fails)
+    ``after_epochs`` epochs in; return its MLflow run's per-epoch curves."""
     config = _patience_config(
         tmp_path, search_space={"epochs": {"mode": "from_curve", "max": 8},
                                 "learning_rate_multiplier": {"value": 1.0}},
         sampler={"kind": "tpe"}, n_trials=1, poll_interval_s=0.3)
-    curves = [_overfitting_record(1.0, best_epoch=8, best=1.0, steps_per_epoch=10)]
-    (tmp_path / "curves.json").write_text(json.dumps(curves), encoding="utf-8")
+    (tmp_path / "curves.json").write_text(json.dumps([record]), encoding="utf-8")
     seed_mlflow(config)
     clock = FakeClock()
     backend = ReplayBackend(config.backend, base_dir=tmp_path, clock=clock)  # type: ignore[arg-type]
@@ -430,19 +428,43 @@ def test_a_job_cancelled_outside_the_sweep_mid_epoch_keeps_its_validation_curve(
     backend.submit = submit_and_keep_the_ref  # type: ignore[method-assign]
     started_s = clock()
 
-    def sleep_then_cancel_inside_epoch_3(seconds: float) -> None:
+    def sleep_then_cancel(seconds: float) -> None:
         clock.sleep(seconds)
-        if clock() - started_s > 2.4 * 0.5:  # 0.5 s an epoch
+        if clock() - started_s > after_epochs * 0.5:  # 0.5 s an epoch
             backend.cancel(submitted[0])
 
-    run_sweep(config, backend=backend, clock=clock, sleep=sleep_then_cancel_inside_epoch_3)
+    run_sweep(config, backend=backend, clock=clock, sleep=sleep_then_cancel)
 
     [failed] = open_study(config).trials
     assert failed.state is TrialState.FAIL
     assert "cancelled outside the sweep" in failed.user_attrs["fail_reason"]
     client = MlflowClient(tracking_uri=config.tracking_url)
-    history = client.get_metric_history(failed.user_attrs[ts.ATTR_RUN_ID], "eval_loss_epoch")
-    assert {m.step: m.value for m in history} == pytest.approx({1: 1.7, 2: 1.6})
+    run_id = failed.user_attrs[ts.ATTR_RUN_ID]
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+            for key in ("train_loss_epoch", "eval_loss_epoch")}
+
+
+def test_a_job_cancelled_outside_the_sweep_mid_epoch_keeps_its_validation_curve(
+        tmp_path, seed_mlflow) -> None:
+    # Cancelled inside epoch 3: the record still shows the validation loss of epochs 1 and
+    # 2, which is what the user opens the failed trial's run to look at.
+    record = _overfitting_record(1.0, best_epoch=8, best=1.0, steps_per_epoch=10)
+    curves = _cancelled_outside_the_sweep(tmp_path, seed_mlflow, record, after_epochs=2.4)
+    assert dict(curves["eval_loss_epoch"]) == pytest.approx({1: 1.7, 2: 1.6})
+    assert [epoch for epoch, _ in curves["train_loss_epoch"]] == [1, 2]
+
+
+def test_a_job_validated_every_other_epoch_keeps_every_training_epoch_when_cancelled(
+        tmp_path, seed_mlflow) -> None:
+    # A service that does not evaluate every epoch gives no per-epoch validation curve;
+    # the epochs after the last evaluation are not dropped to make one.
+    record = _overfitting_record(1.0, best_epoch=8, best=1.0, steps_per_epoch=10)
+    for point in record["curve"]:
+        if point["epoch"] % 2:
+            point.pop("eval_loss", None)
+    curves = _cancelled_outside_the_sweep(tmp_path, seed_mlflow, record, after_epochs=4.6)
+    assert curves["eval_loss_epoch"] == []
+    assert [epoch for epoch, _ in curves["train_loss_epoch"]] == [1, 2, 3, 4, 5]
 
 
 def test_patience_with_evaluation_is_refused_naming_the_key(tmp_path) -> None:
