@@ -73,18 +73,7 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
     loss for ``objective: eval_loss``) fails its trial with the reason, so it is visible.
     """
     stopped_after = job.stopped_after_epoch
-    # A job stopped past its plateau, pruned, or ended by a failure or a cancel from outside,
-    # is scored and recorded on the epochs that had ended: the epoch it had begun has no
-    # validation loss yet, which would void the whole validation curve. The steps it ran
-    # until the end are still recorded.
-    if stopped_after is not None:
-        last_ended: int | None = stopped_after
-    elif job.pruned and job.reported_epochs:
-        last_ended = max(job.reported_epochs)
-    elif final_state is not JobState.SUCCEEDED:
-        last_ended = _last_validated_epoch(job)
-    else:
-        last_ended = None
+    last_ended = _last_ended_epoch(job, final_state)
     scored = (job.snapshots if last_ended is None
               else tuple(s for s in job.snapshots if s.epoch <= last_ended))
     train, evaluation = epoch_means(scored) if scored else ([], None)
@@ -129,10 +118,23 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
     )
 
 
-def _last_validated_epoch(job: InFlight) -> int | None:
-    """The last epoch with a validation loss when every epoch before it has one too, else
-    None: with no validation at all, or with gaps (a service that does not evaluate every
-    epoch), trimming would cost training epochs and give no validation curve back."""
+def _last_ended_epoch(job: InFlight, final_state: JobState) -> int | None:
+    """The last epoch a job is scored and recorded on, or None for every epoch it reported.
+
+    A job stopped past its plateau, pruned, or ended by a failure or a cancel from outside
+    stops inside an epoch that has no validation loss yet, which would void the whole
+    validation curve; its trial keeps the epochs that had ended. The steps it ran until the
+    end are still recorded.
+    """
+    if job.stopped_after_epoch is not None:
+        return job.stopped_after_epoch
+    if job.pruned and job.reported_epochs:
+        return max(job.reported_epochs)
+    if final_state is JobState.SUCCEEDED:
+        return None
+    # Only when that gives a whole validation curve: with no validation at all, or with gaps
+    # (a service that does not evaluate every epoch), trimming would cost training epochs
+    # and give no validation curve back.
     validated = {s.epoch for s in job.snapshots if s.eval_loss is not None}
     last = max(validated, default=None)
     return last if last is not None and validated == set(range(1, last + 1)) else None
