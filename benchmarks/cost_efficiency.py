@@ -63,6 +63,9 @@ is 2% above the best quality that any method's incumbent reached on that dataset
 have cost with the same proposals and a perfect pruner: every trial before the one that
 reaches it cancelled at epoch 2, that one stopped at its plateau. It tells whether better
 pruning alone could reach a ratio, or whether the proposals must get there in fewer trials.
+For scale, the same pruner with uniform random proposals at ``MAX_EPOCHS`` epochs, drawn
+straight from the recordings (``random_proposals_bound``): what a search that knows nothing
+of the space would pay if its pruning were perfect.
 
 Run: ``python benchmarks/cost_efficiency.py [--seeds 30] [--n-trials 40] [--jobs 2]
 [--concurrency 1] [--oracle-bound]``. About an hour on 2 cores with the defaults (the run
@@ -77,6 +80,7 @@ import argparse
 import logging
 import math
 import multiprocessing
+import random
 import statistics
 import tempfile
 import time
@@ -89,6 +93,7 @@ from typing import Any
 
 import optuna
 
+from gemini_backend import LossSnapshot
 from gemini_backend.replay import ReplayBackend
 from gemini_backend.replay import ReplayRecord
 from gemini_backend.replay import load_curves
@@ -96,6 +101,9 @@ from gemini_backend.replay import nearest_record
 from sweeps import SweepConfig
 from sweeps._trial_state import STUDY_ATTR_SWEEP_ID
 from sweeps._trial_state import TrialOutcome
+from sweeps.config import PlateauConfig
+from sweeps.plateau import epoch_means
+from sweeps.plateau import find_plateau
 from sweeps.runner import open_study
 from sweeps.runner import run_sweep
 from sweeps.tracking import NullTracker
@@ -106,6 +114,7 @@ TrialState = optuna.trial.TrialState
 MAX_EPOCHS = 8
 TARGET_GAP = 0.02
 PERFECT_CANCEL_EPOCH = 2  # oracle_bound_to: the policy's min_epochs
+RANDOM_BOUND_SWEEPS = 400  # simulated sweeps behind random_proposals_bound's median
 EPOCH_S = 1.0  # simulated seconds per recorded epoch (the replay's time_scale is set so)
 POLL_INTERVAL_S = 0.4  # about two polls per epoch: pruners and patience see every epoch
 MULTIPLIER = {"low": 0.3, "high": 10.0, "log": True}
@@ -257,6 +266,31 @@ class Truth:
             raise AssertionError(f"trial {outcome.number}: the replay served another record")
         return recorded[epoch], self.cell_mean[_cell(record)][epoch]
 
+    @cache  # noqa: B019 (one Truth per dataset, kept for the run)
+    def at_plateau(self, index: int) -> Served:
+        """A record as a from_curve job run to its end would report it: its plateau epoch,
+        the objective (``plateau_loss``, the default) and its quality there."""
+        record = self.records[index]
+        # The replay serves these points as snapshots; the runner scores them this way.
+        train, evals = epoch_means([LossSnapshot(step=p.step, epoch=p.epoch, loss=p.loss,
+                                                 eval_loss=p.eval_loss) for p in record.curve])
+        plateau = find_plateau(train, evals, **PlateauConfig().model_dump())
+        assert record.tokens_per_epoch, "the recorded curve sets give tokens_per_epoch"
+        return Served(per_epoch=record.tokens_per_epoch, plateau_epoch=plateau.epoch,
+                      objective=plateau.loss,
+                      quality=(_eval_by_epoch(record)[plateau.epoch],
+                               self.cell_mean[_cell(record)][plateau.epoch]))
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One proposal of random_proposals_bound: what its job would cost and report."""
+
+    per_epoch: float
+    plateau_epoch: int
+    objective: float
+    quality: tuple[float, ...]
+
 
 @cache
 def _truth(dataset: str) -> Truth:
@@ -364,13 +398,65 @@ def main() -> None:
             for method, cells in table.items():
                 ratios.setdefault(method, []).extend(cells)
             if args.oracle_bound and args.concurrency == 1:
-                print_oracle_bound(space, index, targets, in_space, traces)
+                print_oracle_bound(space, index, targets, in_space, traces, args.n_trials)
     # One figure per method to choose the default by: every cell counts, and a cell
     # that is not reached makes it infinite (a policy that misses is not cheap).
     print("\ngeometric mean of the ratios to tpe over every cell printed above "
           "(floors: their spaces only):")
     for method, cells in ratios.items():
         print(f"  {method}: {_fmt_ratio(_geomean(cells))} over {len(cells)} cells")
+
+
+@cache
+def _random_sweeps(space: str, dataset: str, n_trials: int) -> tuple[tuple[int, ...], ...]:
+    """RANDOM_BOUND_SWEEPS sweeps of uniform random proposals over the space (the multiplier
+    log-uniform), each proposal the index of the record the replay would serve it."""
+    records = _truth(dataset).records
+    rng = random.Random(f"{space}/{dataset}")
+    return tuple(tuple(nearest_record(records, _random_knobs(space, rng), epochs=1,
+                                      tie_break=str(rng.random()))
+                       for _ in range(n_trials))
+                 for _ in range(RANDOM_BOUND_SWEEPS))
+
+
+def _random_knobs(space: str, rng: random.Random) -> dict[str, Any]:
+    knobs: dict[str, Any] = {}
+    for name, spec in SPACES[space].items():
+        if "value" in spec:
+            knobs[name] = spec["value"]
+        elif "choices" in spec:
+            knobs[name] = rng.choice(spec["choices"])
+        else:
+            low, high = math.log(spec["low"]), math.log(spec["high"])
+            knobs[name] = math.exp(rng.uniform(low, high))
+    return knobs
+
+
+def random_proposals_bound(space: str, dataset: str, target: float, quality: int,
+                           n_trials: int) -> float:
+    """What a search that knows nothing of the space pays with the perfect pruner of
+    ``oracle_bound_to``: median tokens over RANDOM_BOUND_SWEEPS simulated sweeps of uniform
+    random proposals, drawn straight from the recordings (no Optuna, no runner), scored as
+    ``trace_of`` scores a sweep. A policy's proposals must beat these by a wide margin, from
+    the first trials on, for its real pruning (which cannot know the winner) to come near."""
+    truth = _truth(dataset)
+    return _median([perfect_pruner_cost([truth.at_plateau(i) for i in sweep], target, quality)
+                    for sweep in _random_sweeps(space, dataset, n_trials)])
+
+
+def perfect_pruner_cost(served: Sequence[Served], target: float, quality: int) -> float:
+    """Tokens until the incumbent (the best objective so far, what ``export`` picks) reaches
+    ``target``: every proposal before the one that makes it so cancelled at
+    PERFECT_CANCEL_EPOCH, that one stopped at its plateau; infinite if it never does."""
+    spent = 0.0
+    incumbent: Served | None = None
+    for proposal in served:
+        if incumbent is None or proposal.objective < incumbent.objective:
+            incumbent = proposal
+            if incumbent.quality[quality] <= target:
+                return spent + proposal.per_epoch * proposal.plateau_epoch
+        spent += proposal.per_epoch * PERFECT_CANCEL_EPOCH
+    return math.inf
 
 
 def methods_in(space: str, methods: list[str]) -> list[str]:
@@ -423,19 +509,25 @@ def _tpe_tokens_to(space: str, dataset: str, target: float, index: int,
 
 
 def print_oracle_bound(space: str, index: int, targets: dict[str, float], methods: list[str],
-                       traces: dict[tuple[str, str, str], list[Trace]]) -> None:
+                       traces: dict[tuple[str, str, str], list[Trace]], n_trials: int) -> None:
     """How far better pruning alone could go: each method's proposals, with every trial
-    before the one that reaches the target cancelled at PERFECT_CANCEL_EPOCH."""
+    before the one that reaches the target cancelled at PERFECT_CANCEL_EPOCH; and, for
+    scale, uniform random proposals with the same pruner."""
     print(f"perfect pruner, same proposals (every trial before the one that reaches the "
           f"target cancelled at epoch {PERFECT_CANCEL_EPOCH}): median tokens (ratio to tpe)")
-    for method in methods:
-        cells = []
-        for dataset, target in targets.items():
-            base = _tpe_tokens_to(space, dataset, target, index, traces)
-            bound = _median([t.oracle_bound_to(target, index)
-                             for t in traces[(space, dataset, method)]])
-            cells.append(f"{_fmt(bound)} ({bound / base:.2f})")
-        print(f"  {method}: " + " | ".join(cells))
+    bounds = {method: {dataset: _median([t.oracle_bound_to(target, index)
+                                         for t in traces[(space, dataset, method)]])
+                       for dataset, target in targets.items()}
+              for method in methods}
+    bounds[f"random proposals at {MAX_EPOCHS} epochs ({RANDOM_BOUND_SWEEPS} simulated "
+           "sweeps)"] = {dataset: random_proposals_bound(space, dataset, target, index,
+                                                         n_trials)
+                         for dataset, target in targets.items()}
+    base = {dataset: _tpe_tokens_to(space, dataset, target, index, traces)
+            for dataset, target in targets.items()}
+    for label, cells in bounds.items():
+        print(f"  {label}: " + " | ".join(f"{_fmt(bound)} ({bound / base[dataset]:.2f})"
+                                          for dataset, bound in cells.items()))
 
 
 def _median(values: list[float]) -> float:

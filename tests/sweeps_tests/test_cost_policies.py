@@ -553,3 +553,39 @@ def test_the_oracle_bound_cancels_every_trial_before_the_one_that_reaches_the_ta
     assert trace.oracle_bound_to(1.0, 0) == 2000 + 2000 + 4000
     assert trace.oracle_bound_to(1.5, 0) == 6000  # the first trial alone, to its plateau
     assert trace.oracle_bound_to(0.9, 0) == math.inf
+
+
+def test_the_random_proposals_bound_charges_misses_two_epochs_and_the_hit_its_plateau() -> None:
+    # The scale the oracle bound is read against: a search that knows nothing of the space,
+    # with the same perfect pruner, credited only once its incumbent (best objective so far,
+    # what export picks) is good enough, as trace_of credits a real sweep.
+    bench = _cost_benchmark()
+    cost, served = bench["perfect_pruner_cost"], bench["Served"]
+    proposals = [served(1000, 6, objective=1.5, quality=(1.5,)),
+                 served(1000, 3, objective=1.2, quality=(1.2,)),
+                 served(1000, 5, objective=1.3, quality=(0.8,)),  # unlucky run of a good cell
+                 served(500, 4, objective=1.0, quality=(1.0,))]
+
+    assert cost(proposals, 1.5, 0) == 6000  # the first proposal, run to its plateau
+    assert cost(proposals, 1.2, 0) == 2000 + 3000
+    # The third never becomes the incumbent, so its quality of 0.8 is not credited.
+    assert cost(proposals, 1.0, 0) == 2000 + 2000 + 2000 + 2000
+    assert cost(proposals, 0.9, 0) == math.inf
+
+
+def test_the_random_proposals_bound_serves_the_recorded_runs_at_their_plateau() -> None:
+    bench = _cost_benchmark()
+    bench["RANDOM_BOUND_SWEEPS"] = 15  # the function reads the module's global
+    bound = bench["random_proposals_bound"]
+    truth = bench["_truth"]("digit_sum")
+    per_epoch = truth.records[0].tokens_per_epoch
+    served = [truth.at_plateau(i) for i in range(len(truth.records))]
+    epochs_at_plateau = {proposal.plateau_epoch for proposal in served}
+
+    loosest = bound("all", "digit_sum", math.inf, 0, 40)  # the first proposal always hits
+    best_recorded = min(proposal.quality[0] for proposal in served)
+    hardest = bound("all", "digit_sum", best_recorded, 0, 40)
+
+    assert loosest / per_epoch in epochs_at_plateau
+    assert hardest > loosest  # one run of 72 reaches it: most sweeps pay for misses first
+    assert bound("all", "digit_sum", best_recorded - 1e-6, 0, 40) == math.inf
