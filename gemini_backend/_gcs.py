@@ -83,15 +83,49 @@ class GcsUploader:
             self._done.add(name)
         return uri
 
-    def check_bucket(self) -> None:
-        """Fail early, with the service's words, when the bucket is missing or not ours.
+    def missing_permissions(self, permissions: list[str]) -> list[str]:
+        """Which of ``permissions`` the caller lacks on the bucket.
+
+        ``buckets.testIamPermissions`` answers with the subset held; it needs no permission
+        of its own, so an account holding only object roles can ask (``buckets.get`` would
+        need ``storage.buckets.get``, which the object roles do not grant).
 
         Raises:
             JobNotFound: no such bucket.
-            AuthError: the credentials may not read it.
         """
-        self._client.request("GET", f"storage/v1/b/{self._bucket}", what="read bucket "
-                             f"{self._bucket}")
+        reply = self._client.request(
+            "GET", f"storage/v1/b/{self._bucket}/iam/testPermissions",
+            what=f"test permissions on bucket {self._bucket}",
+            params={"permissions": list(permissions)})
+        held = set(reply.get("permissions") or [])
+        return [permission for permission in permissions if permission not in held]
+
+    def create_object(self, name: str, data: bytes) -> bool:
+        """Write ``name`` unless it exists (``ifGenerationMatch=0``); False if it did."""
+        return self._media(name, data)
+
+    def read_object(self, name: str) -> bytes | None:
+        """The object's bytes, or ``None`` when there is no such object."""
+        try:
+            response = self._client.send(
+                "GET", f"storage/v1/b/{self._bucket}/o/{quote(name, safe='')}",
+                what=f"read {name}", params={"alt": "media"})
+        except JobNotFound:
+            return None
+        return response.content
+
+    def object_names(self, prefix: str) -> list[str]:
+        """Names of the objects under ``prefix`` (``objects.list``, every page)."""
+        names: list[str] = []
+        query: dict[str, str] = {"prefix": prefix, "fields": "items(name),nextPageToken"}
+        while True:
+            page = self._client.request("GET", f"storage/v1/b/{self._bucket}/o",
+                                        what=f"list {prefix}", params=query)
+            names += [str(item.get("name")) for item in page.get("items") or []]
+            token = page.get("nextPageToken")
+            if not token:
+                return names
+            query["pageToken"] = str(token)
 
     def _media(self, name: str, data: bytes) -> bool:
         response = self._client.send(

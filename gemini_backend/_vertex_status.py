@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gemini_backend._vertex_metrics import Curve
 from gemini_backend._vertex_metrics import EpochMap
 from gemini_backend._vertex_metrics import Points
 from gemini_backend._vertex_wire import TuningJobPayload
@@ -11,19 +12,30 @@ from gemini_backend.base import JobState
 from gemini_backend.base import JobStatus
 
 
-def job_status(job: TuningJobPayload, state: JobState, train: Points, evals: Points) -> JobStatus:
-    """The status a poll reports: state, curve by epoch, checkpoints, tokens, errors."""
+def job_status(job: TuningJobPayload, state: JobState, curve: Curve) -> JobStatus:
+    """The status a poll reports: state, curve by epoch, checkpoints, tokens, errors.
+
+    A job that succeeded but whose curve cannot be found is reported FAILED with what was
+    looked for: it cannot be scored, and saying why beats a silent "no curve".
+    """
+    train, evals = curve.train, curve.evals
     checkpoints = job.tuned_model.checkpoints if job.tuned_model else []
     epoch_map = EpochMap.build(
         checkpoints=checkpoints, tuning_step_count=job.tuning_step_count,
         epochs=job.epoch_count, last_step=train[-1][0] if train else None,
         is_finished=state.is_terminal(),
     )
+    error = _error_message(job, state)
+    if curve.missing and state.is_terminal():
+        reason = missing_curve_message(curve.missing)
+        error = f"{error}; {reason}" if error else reason
+        if state is JobState.SUCCEEDED:
+            state = JobState.FAILED
     return JobStatus(
         state=state,
         snapshots=epoch_map.snapshots(train, evals),
         progress=_progress(state, train, job.tuning_step_count),
-        error_message=_error_message(job, state),
+        error_message=error,
         tuned_model=job.tuned_model.model if job.tuned_model else None,
         checkpoints=tuple(
             Checkpoint(checkpoint_id=c.checkpoint_id, epoch=epoch, step=parse_int64(c.step))
@@ -31,6 +43,11 @@ def job_status(job: TuningJobPayload, state: JobState, train: Points, evals: Poi
         ),
         training_tokens=job.billable_tokens,
     )
+
+
+def missing_curve_message(missing: str) -> str:
+    return (f"the loss curve cannot be found: no {missing} (the job's experiment -> its "
+            "ExperimentRun -> the -tb-run artifact -> the TensorBoard run)")
 
 
 def _progress(state: JobState, train: Points, total_steps: int | None) -> float | None:

@@ -26,6 +26,7 @@ from gemini_backend.base import JobRequest
 from gemini_backend.base import JobState
 from gemini_backend.errors import InvalidRequestError
 from gemini_backend.limits import DatasetLimits
+from gemini_backend.limits import vertex_adapter_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ ADAPTER_SIZES: dict[int, str] = {
 }
 
 #: ``JOB_STATE_*`` -> our state (section 2.5). The aiplatform SDK's pending set (QUEUED,
-#: PENDING, RUNNING, CANCELLING, UPDATING) stays in progress; PAUSED, EXPIRED and
-#: PARTIALLY_SUCCEEDED are terminal because nothing moves them on without a person.
+#: PENDING, RUNNING, CANCELLING, UPDATING) stays in progress, and so does PAUSED: the API
+#: describes it as "stopped; can be resumed", so the job is still in flight (never cancelled
+#: or scored as over). EXPIRED and PARTIALLY_SUCCEEDED are terminal (``endTime`` is set).
 REMOTE_STATES: dict[str, JobState] = {
     "JOB_STATE_UNSPECIFIED": JobState.QUEUED,
     "JOB_STATE_QUEUED": JobState.QUEUED,
@@ -61,7 +63,7 @@ REMOTE_STATES: dict[str, JobState] = {
     "JOB_STATE_FAILED": JobState.FAILED,
     "JOB_STATE_EXPIRED": JobState.FAILED,
     "JOB_STATE_CANCELLED": JobState.CANCELLED,
-    "JOB_STATE_PAUSED": JobState.CANCELLED,
+    "JOB_STATE_PAUSED": JobState.RUNNING,
 }
 
 _LABEL_BAD_CHARS = re.compile(r"[^a-z0-9_-]+")
@@ -133,8 +135,10 @@ def examples_to_jsonl(
 ) -> bytes:
     """The training (or validation) file: one ``contents`` line per example (section 2.6).
 
-    An output-only example becomes a model turn after an empty user turn, because Vertex
-    needs a user turn to answer.
+    Raises:
+        InvalidRequestError: an example without input or output text. Vertex needs a user
+            turn before each model turn, and an empty text part is not a documented turn;
+            the example is named so the dataset can be fixed before anything is paid for.
     """
     system = (
         {"systemInstruction": {"role": "system", "parts": [{"text": system_instruction}]}}
@@ -142,11 +146,18 @@ def examples_to_jsonl(
         else {}
     )
     lines = []
-    for example in examples:
+    for number, example in enumerate(examples, start=1):
+        if not (example.text_input or "").strip() or not example.output.strip():
+            missing = "text_input" if not (example.text_input or "").strip() else "output"
+            raise InvalidRequestError(
+                f"dataset: example {number} of the split has an empty {missing}; Vertex "
+                "tunes on user/model turns and takes no empty text part. Give every example "
+                "a non-empty text_input and output (output-only examples work only with the "
+                "Gemini API)")
         record = {
             **system,
             "contents": [
-                {"role": "user", "parts": [{"text": example.text_input or ""}]},
+                {"role": "user", "parts": [{"text": example.text_input}]},
                 {"role": "model", "parts": [{"text": example.output}]},
             ],
         }
@@ -173,18 +184,19 @@ def tuning_job_body(
     (``exportLastCheckpointOnly: false``) so the plateau epoch can be deployed later.
 
     Raises:
-        InvalidRequestError: an adapter size Vertex has no enum for, or a batch size with a
-            Gemini base model.
+        InvalidRequestError: an adapter size the base model does not take (or Vertex has no
+            enum for), or a batch size with a Gemini base model.
     """
     hyper: dict[str, Any] = {
         "epochCount": str(epochs),  # int64: the canonical JSON form is a string
         "learningRateMultiplier": float(learning_rate_multiplier),
     }
     if adapter_size is not None:
-        if adapter_size not in ADAPTER_SIZES:
+        allowed = vertex_adapter_sizes(base_model) or tuple(sorted(ADAPTER_SIZES))
+        if adapter_size not in allowed or adapter_size not in ADAPTER_SIZES:
             raise InvalidRequestError(
-                f"adapter_size: {adapter_size} is not a Vertex adapter size; use one of "
-                f"{sorted(ADAPTER_SIZES)}"
+                f"adapter_size: {adapter_size} is not an adapter size Vertex documents for "
+                f"{base_model!r}; use one of {list(allowed)} in search_space.adapter_size"
             )
         hyper["adapterSize"] = ADAPTER_SIZES[adapter_size]
     if batch_size is not None:

@@ -17,6 +17,7 @@ from gemini_backend._gcs import DEFAULT_STORAGE_URL
 from gemini_backend._gcs import GcsUploader
 from gemini_backend._http import RestClient
 from gemini_backend._retry import Backoff
+from gemini_backend._vertex_creates import CreateLedger
 from gemini_backend._vertex_metrics import TensorboardCurveReader
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Wiring:
     vertex: RestClient
     uploader: GcsUploader
     curves: TensorboardCurveReader
+    creates: CreateLedger
 
 
 def build_wiring(config: VertexBackendConfig, *, session: requests.Session, backoff: Backoff,
@@ -53,4 +55,5 @@ def build_wiring(config: VertexBackendConfig, *, session: requests.Session, back
     uploader = GcsUploader(storage, config.bucket,
                            resumable_threshold_bytes=config.resumable_threshold_bytes)
     return Wiring(vertex=vertex, uploader=uploader,
-                  curves=TensorboardCurveReader(vertex, api_version=config.api_version))
+                  curves=TensorboardCurveReader(vertex, api_version=config.api_version),
+                  creates=CreateLedger(uploader, prefix=config.create_records_prefix))

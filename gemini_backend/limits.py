@@ -43,3 +43,23 @@ LIMITS: dict[str, DatasetLimits] = {
 def limits_for(kind: str) -> DatasetLimits:
     """The limits of backend ``kind``; a third-party backend gets the seed's limits."""
     return LIMITS.get(kind, DatasetLimits())
+
+
+#: Vertex adapter sizes each Gemini base model takes, by model name prefix (longest match
+#: wins). Vertex docs, "About supervised fine-tuning for Gemini models": Gemini 2.5 Flash and
+#: Flash-Lite take 1, 2, 4, 8 and 16; Gemini 1.5 Pro 1 and 4 ("using higher values ... will
+#: result in failure"); Gemini 1.5 Flash 1, 4, 8 and 16. Models not listed get every value
+#: of the API's ``AdapterSize`` enum: the docs give no list for them.
+VERTEX_ADAPTER_SIZES: dict[str, tuple[int, ...]] = {
+    "gemini-2.5-flash": (1, 2, 4, 8, 16),
+    "gemini-2.5-flash-lite": (1, 2, 4, 8, 16),
+    "gemini-1.5-pro": (1, 4),
+    "gemini-1.5-flash": (1, 4, 8, 16),
+}
+
+
+def vertex_adapter_sizes(base_model: str) -> tuple[int, ...] | None:
+    """The adapter sizes the docs list for ``base_model`` (any path prefix), or ``None``."""
+    name = base_model.strip().lower().rsplit("/", 1)[-1]
+    matches = [prefix for prefix in VERTEX_ADAPTER_SIZES if name.startswith(prefix)]
+    return VERTEX_ADAPTER_SIZES[max(matches, key=len)] if matches else None

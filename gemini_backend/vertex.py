@@ -13,8 +13,10 @@ a service-account key file), sent by an ``AuthorizedSession``; google-auth adds
 ``google-auth``) are core dependencies of the package: no extra to install.
 
 Exactly once: ``tuningJobs.create`` takes no request id, so every job carries its idempotency
-key as a label, ``submit`` looks the key up first, and a create that fails ambiguously is
-followed by a lookup, never by a blind second POST.
+key as a label and ``submit`` looks the key up first. Every POST is written down before it
+is sent (:mod:`gemini_backend._vertex_creates`), and a create whose outcome is unknown is not
+sent again until the job has stayed absent from the (possibly lagging) list for
+``list_lag_window_s``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ from gemini_backend._gcs import RESUMABLE_THRESHOLD_BYTES
 from gemini_backend._google_auth import CLOUD_PLATFORM_SCOPE
 from gemini_backend._google_auth import oauth_session
 from gemini_backend._retry import Backoff
+from gemini_backend._vertex_creates import CreateAttempt
+from gemini_backend._vertex_creates import next_check_delay
+from gemini_backend._vertex_creates import settle_time
+from gemini_backend._vertex_metrics import Curve
 from gemini_backend._vertex_metrics import list_all
 from gemini_backend._vertex_status import job_status
+from gemini_backend._vertex_status import missing_curve_message
 from gemini_backend._vertex_wire import DEFAULT_BASE_MODEL
 from gemini_backend._vertex_wire import KEY_LABEL
 from gemini_backend._vertex_wire import REMOTE_STATES
@@ -70,12 +77,19 @@ from gemini_backend.base import check_request
 from gemini_backend.errors import AuthError
 from gemini_backend.errors import BackendError
 from gemini_backend.errors import InvalidRequestError
+from gemini_backend.errors import QuotaError
 from gemini_backend.errors import TransientError
 from gemini_backend.limits import limits_for
 
 logger = logging.getLogger(__name__)
 
 LIST_PAGE_SIZE = 100
+#: What the sweep does with the bucket, each with the call that needs it (docs/vertex.md).
+BUCKET_PERMISSIONS = (
+    "storage.objects.create",  # objects.insert: the datasets and the create records
+    "storage.objects.get",     # objects.get: is a large dataset there; read a create record
+    "storage.objects.list",    # objects.list: the create records of a key
+)
 
 
 class VertexBackendConfig(BackendConfig):
@@ -97,6 +111,9 @@ class VertexBackendConfig(BackendConfig):
     timeout_s: float = Field(default=60.0, gt=0)
     api_version: Literal["v1", "v1beta1"] = "v1"
     resumable_threshold_bytes: int = Field(default=RESUMABLE_THRESHOLD_BYTES, gt=0)
+    create_records_prefix: str = "gemini-sweep/creates"
+    #: How long a created job may take to show in ``tuningJobs.list`` (undocumented).
+    list_lag_window_s: float = Field(default=60.0, ge=0)
 
     @field_validator("bucket")
     @classmethod
@@ -123,6 +140,7 @@ class VertexBackend(BaseBackend):
         session: a ready (authorised) ``requests.Session``, instead of building one.
         credentials: google-auth credentials to authorise with, instead of ADC or the file.
         sleep: injected for tests; used between retries.
+        clock: wall-clock seconds, injected for tests; times the create records.
 
     Raises:
         AuthError: on first use, when no credentials can be found.
@@ -138,8 +156,11 @@ class VertexBackend(BaseBackend):
     def __init__(self, config: VertexBackendConfig, *, base_dir: Path = Path("."),
                  session: requests.Session | None = None,
                  credentials: Credentials | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self._clock = clock
+        self._curve_warned: set[str] = set()
         self._base_dir = base_dir
         self._session = session
         self._credentials = credentials
@@ -181,11 +202,23 @@ class VertexBackend(BaseBackend):
         super().check_search_space(knobs)
 
     def preflight(self) -> None:
-        """Credentials, the API and the bucket, checked with two cheap reads."""
+        """Credentials, the API and the bucket, checked with cheap calls the documented roles
+        allow: a one-item job list, and ``testIamPermissions`` on the bucket (no
+        ``buckets.get``, which the object roles do not grant).
+
+        Raises:
+            AuthError: a permission the sweep needs is missing, named with the role to grant.
+            JobNotFound: no such bucket.
+        """
         wiring = self._wire()
         wiring.vertex.request("GET", self._jobs_path, what="list tuning jobs",
                               params={"pageSize": 1})
-        wiring.uploader.check_bucket()
+        missing = wiring.uploader.missing_permissions(list(BUCKET_PERMISSIONS))
+        if missing:
+            raise AuthError(
+                f"bucket {self.config.bucket}: the credentials lack {', '.join(missing)}; "
+                "grant roles/storage.objectAdmin (or roles/storage.objectCreator plus "
+                "roles/storage.objectViewer) on the bucket (see docs/vertex.md, IAM)")
 
     # --- submit / find ------------------------------------------------------------------------
 
@@ -203,10 +236,31 @@ class VertexBackend(BaseBackend):
                         request.idempotency_key)
             return existing
         wiring = self._wire()
+        last = wiring.creates.last_attempt(request.idempotency_key)
+        if last is not None:
+            self._wait_until_proven_absent(request.idempotency_key, last)
         prefix = self.config.dataset_prefix
         train_uri = wiring.uploader.upload_once(train, prefix=prefix)
         val_uri = wiring.uploader.upload_once(validation, prefix=prefix) if validation else None
-        return self._create(self._body(request, train_uri, val_uri), request.idempotency_key)
+        return self._create(self._body(request, train_uri, val_uri), request.idempotency_key,
+                            first_number=last.number + 1 if last else 1)
+
+    def _wait_until_proven_absent(self, key: str, attempt: CreateAttempt) -> None:
+        """Raise (retry later) while an earlier POST's job could still be missing from the
+        list; return once the window has passed with the job still absent."""
+        timing = {"request_timeout_s": self.config.timeout_s,
+                  "window_s": self.config.list_lag_window_s}
+        now = self._clock()
+        remaining = settle_time(attempt, **timing) - now
+        if remaining <= 0:
+            logger.warning("key %s: create %d (%.0fs ago) made no job the list shows; "
+                           "creating again", key, attempt.number, now - attempt.posted_at)
+            return
+        raise TransientError(
+            f"create tuning job: create {attempt.number} for key {key} may have made a job "
+            f"the list does not show yet; not creating again for {remaining:.0f}s "
+            f"(list_lag_window_s)",
+            retry_after_s=next_check_delay(attempt, now, **timing))
 
     def find(self, idempotency_key: str) -> JobRef | None:
         """The job labelled with this key: listed with a label filter, matched client-side."""
@@ -235,27 +289,44 @@ class VertexBackend(BaseBackend):
         return JobRef(backend=self.kind, job_id=str(matches[0]["name"]),
                       idempotency_key=idempotency_key)
 
-    def _create(self, body: dict[str, Any], key: str) -> JobRef:
-        """POST once; after an ambiguous failure look the key up before posting again."""
-        vertex = self._wire().vertex
+    def _create(self, body: dict[str, Any], key: str, *, first_number: int) -> JobRef:
+        """POST, each time written down first. A refusal (429: nothing was created) is
+        posted again after a backoff; any other failure leaves the outcome unknown, so the
+        next try waits until the list proves the job absent."""
+        wiring = self._wire()
         delays = self._backoff.delays()
+        number = first_number
         while True:
+            if not wiring.creates.record(key, number, self._clock()):
+                raise TransientError(f"create tuning job: another worker is creating the job "
+                                     f"for key {key}; looking it up later",
+                                     retry_after_s=self.config.list_lag_window_s or 1.0)
             try:
-                job = vertex.request("POST", self._jobs_path, what="create tuning job",
-                                     json_body=body, retry=False)
+                job = wiring.vertex.request("POST", self._jobs_path, what="create tuning job",
+                                            json_body=body, retry=False)
+            except QuotaError as error:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                logger.warning("create tuning job: %s; nothing was created for key %s, "
+                               "retrying in %.1fs", error.message, key, delay)
+                self._sleep(max(delay, error.retry_after_s or 0.0))
+                number += 1
+                continue
             except TransientError as error:
                 found = self.find(key)
                 if found is not None:
                     logger.warning("job=%s was created despite: %s", found.job_id,
                                    error.message)
                     return found
-                delay = next(delays, None)
-                if delay is None:
-                    raise
-                logger.warning("create tuning job: %s; no job for key %s, retrying in "
-                               "%.1fs", error.message, key, delay)
-                self._sleep(max(delay, error.retry_after_s or 0.0))
-                continue
+                attempt = CreateAttempt(number, self._clock())
+                raise TransientError(
+                    f"{error.message}; whether the job for key {key} was created is unknown "
+                    "until the job list shows it or list_lag_window_s has passed",
+                    status_code=error.status_code, service_status=error.service_status,
+                    retry_after_s=next_check_delay(
+                        attempt, attempt.posted_at, request_timeout_s=0.0,
+                        window_s=self.config.list_lag_window_s)) from error
             logger.info("job=%s submitted for key %s", job.get("name"), key)
             return JobRef(backend=self.kind, job_id=str(job["name"]), idempotency_key=key)
 
@@ -264,9 +335,28 @@ class VertexBackend(BaseBackend):
     def poll(self, ref: JobRef) -> JobStatus:
         job = self._get_job(ref)
         state = map_state(job.state, job_id=ref.job_id)
-        has_curve = state is not JobState.QUEUED and bool(job.experiment)
-        train, evals = self._wire().curves.read(job.experiment or "") if has_curve else ([], [])
-        return job_status(job, state, train, evals)
+        if state is JobState.QUEUED:
+            return job_status(job, state, Curve([], []))
+        if job.experiment:
+            curve = self._wire().curves.read(job.experiment)
+        else:
+            curve = Curve([], [], "experiment field on the job")
+        self._warn_once_about_curve(ref, job.state, curve)
+        return job_status(job, state, curve)
+
+    def _warn_once_about_curve(self, ref: JobRef, remote_state: str | None,
+                               curve: Curve) -> None:
+        """Say at once (not at the job's end) when the curve cannot be found, and once."""
+        with self._lock:
+            if curve.missing is None:
+                self._curve_warned.discard(ref.job_id)
+                return
+            if ref.job_id in self._curve_warned:
+                return
+            self._curve_warned.add(ref.job_id)
+        logger.warning("job=%s (%s): %s; still looking on every poll, and the trial fails "
+                       "with this reason if it is still missing when the job ends",
+                       ref.job_id, remote_state, missing_curve_message(curve.missing))
 
     def cancel(self, ref: JobRef) -> None:
         try:

@@ -2,7 +2,9 @@
 
 ``uploadType=media`` and resumable sessions (308 with ``Range`` until the last chunk; non-final
 chunks must be multiples of 256 KiB), ``ifGenerationMatch=0`` answering 412 when the object
-exists, and object / bucket metadata GETs.
+exists, object GETs (metadata, or the bytes with ``alt=media``), object lists, bucket GETs and
+``testIamPermissions``. Each call needs the IAM permission the JSON API reference names for
+it, and the caller holds only ``storage_permissions`` (``testIamPermissions`` needs none).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class FakeGcs:
 
     url: str
     buckets: set[str]
+    storage_permissions: set[str]
     objects: dict[tuple[str, str], bytes]
     _uploads: dict[str, dict[str, Any]]
 
@@ -81,16 +84,45 @@ class FakeGcs:
         return {"kind": "storage#object", "bucket": bucket, "name": name,
                 "generation": "1", "size": str(len(self.objects[(bucket, name)]))}
 
-    def _storage_get(self, path: str) -> Reply:
-        parts = path.split("/", 6)  # ['', 'storage', 'v1', 'b', bucket, 'o', name]
+    def _require(self, permission: str) -> None:
+        if permission not in self.storage_permissions:
+            raise FakeError(403, f"tuner@test-project.iam.gserviceaccount.com does not have "
+                            f"{permission} access to the Google Cloud Storage bucket. "
+                            "Permission '" + permission + "' denied on resource (or it may "
+                            "not exist).")
+
+    def _storage_call(self, path: str, query: dict[str, list[str]]) -> Reply:
+        parts = path.split("/", 6)  # ['', 'storage', 'v1', 'b', bucket, 'o' | 'iam', rest]
         bucket = parts[4]
         if bucket not in self.buckets:
             raise FakeError(404, f"The specified bucket does not exist: {bucket}")
-        if len(parts) < 7:
+        if len(parts) == 7 and parts[5] == "iam" and parts[6] == "testPermissions":
+            asked = query.get("permissions", [])
+            return Reply(200, {"kind": "storage#testIamPermissionsResponse",
+                               "permissions": [p for p in asked
+                                               if p in self.storage_permissions]})
+        if len(parts) < 6:
+            self._require("storage.buckets.get")
             return Reply(200, {"kind": "storage#bucket", "name": bucket})
+        if len(parts) == 6 and parts[5] == "o":
+            self._require("storage.objects.list")
+            return self._list_objects(bucket, query)
+        self._require("storage.objects.get")
         if (bucket, parts[6]) not in self.objects:
             raise FakeError(404, f"No such object: {bucket}/{parts[6]}")
+        if query.get("alt") == ["media"]:
+            return Reply(200, self.objects[(bucket, parts[6])])
         return Reply(200, self._object(bucket, parts[6]))
+
+    def _list_objects(self, bucket: str, query: dict[str, list[str]]) -> Reply:
+        prefix = query.get("prefix", [""])[0]
+        names = sorted(n for b, n in self.objects if b == bucket and n.startswith(prefix))
+        start = int(query.get("pageToken", ["0"])[0])
+        page: dict[str, Any] = {"kind": "storage#objects",
+                                "items": [{"name": n} for n in names[start:start + 2]]}
+        if start + 2 < len(names):
+            page["nextPageToken"] = str(start + 2)
+        return Reply(200, page)
 
     def _read_gs(self, uri: str) -> bytes | None:
         bucket, _, name = uri.removeprefix("gs://").partition("/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
@@ -115,15 +116,20 @@ class FakeJob:
     fail_message: str | None = None
     fail_after_step: int | None = None
     cancel_at: float | None = None
+    # Ids Vertex picks: nothing documents how they relate to the job's or to each other.
+    experiment_id: str = field(default_factory=lambda: f"tuning-exp-{uuid.uuid4().hex[:10]}")
+    run_id: str = field(default_factory=lambda: f"run-{uuid.uuid4().hex[:12]}")
+    tb_experiment_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    tb_run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     @classmethod
     def create(cls, *, job_id: str, parent: str, body: dict[str, Any], created_at: float,
                train: bytes, validation: bytes | None, batch_size: int,
-               fail: tuple[str, int] | None) -> FakeJob:
+               fail: tuple[str, int] | None, steps_per_epoch: int | None = None) -> FakeJob:
         hyper = body["supervisedTuningSpec"].get("hyperParameters") or {}
         n_train = len(train.splitlines())
         epochs = int(hyper.get("epochCount", "3"))
-        per_epoch = math.ceil(n_train / batch_size)
+        per_epoch = steps_per_epoch or math.ceil(n_train / batch_size)
         return cls(
             job_id=job_id, name=f"{parent}/tuningJobs/{job_id}", body=body,
             created_at=created_at, n_train=n_train,
@@ -142,11 +148,16 @@ class FakeJob:
 
     @property
     def experiment(self) -> str:
-        return f"{self._parent}/metadataStores/default/contexts/tuning-experiment-{self.job_id}"
+        return f"{self._parent}/metadataStores/default/contexts/{self.experiment_id}"
 
     @property
     def run_context(self) -> str:
-        return f"{self.experiment}-run-{self.job_id}"
+        return f"{self._parent}/metadataStores/default/contexts/{self.run_id}"
+
+    @property
+    def tb_run_artifact(self) -> str:
+        """The artifact linking the experiment run to its TensorBoard run (SDK: ``-tb-run``)."""
+        return f"{self._parent}/metadataStores/default/artifacts/{self.run_id}-tb-run"
 
     @property
     def tensorboard(self) -> str:
@@ -154,8 +165,7 @@ class FakeJob:
 
     @property
     def tensorboard_run(self) -> str:
-        return (f"{self.tensorboard}/experiments/tuning-experiment-{self.job_id}"
-                f"/runs/run-{self.job_id}")
+        return f"{self.tensorboard}/experiments/{self.tb_experiment_id}/runs/{self.tb_run_id}"
 
     @property
     def endpoint(self) -> str:
@@ -188,6 +198,18 @@ class FakeJob:
         if steps >= self.total_steps:
             return "JOB_STATE_SUCCEEDED", steps
         return "JOB_STATE_RUNNING", steps
+
+    @property
+    def checkpoint_epochs(self) -> list[int]:
+        """The tuning-checkpoints page: up to 10 epochs about one checkpoint each; beyond,
+        about ten evenly spread plus the final one (12 epochs: 1 2 4 5 6 7 8 10 11 12)."""
+        if self.epochs <= 10:
+            return list(range(1, self.epochs + 1))
+        spread = {max(1, round(i * self.epochs / 10)) for i in range(1, 11)}
+        return sorted(spread | {self.epochs})
+
+    def epoch_of(self, step: int) -> int:
+        return (step - 1) // self.steps_per_epoch + 1
 
     def has_started(self, now: float, timing: Timing) -> bool:
         return self.state_at(now, timing)[0] not in ("JOB_STATE_QUEUED", "JOB_STATE_PENDING")
@@ -232,7 +254,7 @@ class FakeJob:
                 "checkpoints": [
                     {"checkpointId": str(e), "epoch": str(e),
                      "step": str(e * self.steps_per_epoch), "endpoint": self.endpoint}
-                    for e in range(1, self.epochs + 1)],
+                    for e in self.checkpoint_epochs],
             }
         if state == "JOB_STATE_FAILED":
             job["error"] = {"code": 13, "message": self.fail_message or "failed"}

@@ -4,13 +4,21 @@ Written from the shapes in reference/tuning_api.md section 2: a real HTTP server
 (``ThreadingHTTPServer`` in a thread, free port) that the backend reaches over real sockets.
 
 * GCS JSON API: ``uploadType=media`` and resumable uploads (308 + ``Range``), with
-  ``ifGenerationMatch=0`` answering 412 for an object that exists; object and bucket GETs.
+  ``ifGenerationMatch=0`` answering 412 for an object that exists; object GET (metadata and
+  ``alt=media``), object list and bucket ``testIamPermissions``. The caller holds only the
+  object roles the docs name (``storage_roles``): ``buckets.get`` is refused (403), as is
+  every call whose permission the roles lack.
 * ``tuningJobs`` create / get / list (paginated; ``labels.<k>="<v>"`` filter) / ``:cancel``;
   jobs go QUEUED -> PENDING -> RUNNING -> SUCCEEDED as (simulated) time passes, with int64
-  fields as strings, ``tuningDataStats``, ``tunedModel.checkpoints`` per epoch, a failing job
-  (:meth:`FakeVertex.fail_next`) and cancel (CANCELLING -> CANCELLED).
-* The loss curve behind ``job.experiment``: context GET, ExperimentRun context list,
-  TensorBoard ``timeSeries`` list and ``:read`` for ``/train_total_loss``/``/eval_total_loss``.
+  fields as strings, ``tuningDataStats``, ``tunedModel.checkpoints`` as the checkpoints page
+  says (one per epoch up to 10 epochs, about ten spread plus the last beyond), a failing job
+  (:meth:`FakeVertex.fail_next`) and cancel (CANCELLING -> CANCELLED). ``list_lag_s``: the
+  list shows a job only that long after its create (nothing documents it as immediate).
+* The loss curve behind ``job.experiment``, reachable only through documented links: the
+  ExperimentRun context list, the run's ``{run id}-tb-run`` artifact whose
+  ``metadata.resourceName`` is the TensorBoard run (ids unrelated to each other), then
+  ``timeSeries`` and ``:read``, which returns a random sample of 1,000 points unless asked
+  for more (at most 10,000) or for all (``maxDataPoints=-1``).
 * ``endpoints/{id}:generateContent`` on a succeeded job's endpoint.
 * Error injection (:meth:`FakeVertex.inject`, e.g. 429s, or a 503 after the job was created),
   and every request recorded (:attr:`FakeVertex.requests`; no token is ever recorded).
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import threading
 import time
@@ -52,6 +61,20 @@ from tests.gemini_backend_tests._fake_vertex_jobs import Reply
 from tests.gemini_backend_tests._fake_vertex_jobs import Timing
 from tests.gemini_backend_tests._fake_vertex_jobs import validate_create
 
+#: Permissions of the predefined Cloud Storage roles (IAM roles reference), as far as used.
+STORAGE_ROLES = {
+    "roles/storage.objectCreator": {"storage.objects.create"},
+    "roles/storage.objectViewer": {"storage.objects.get", "storage.objects.list"},
+    "roles/storage.objectAdmin": {"storage.objects.create", "storage.objects.get",
+                                  "storage.objects.list", "storage.objects.delete"},
+    "roles/storage.admin": {"storage.objects.create", "storage.objects.get",
+                            "storage.objects.list", "storage.objects.delete",
+                            "storage.buckets.get"},
+}
+DEFAULT_STORAGE_ROLES = ("roles/storage.objectCreator", "roles/storage.objectViewer")
+#: timeSeries:read: "The maximum number of data points ... 1000 by default, up to 10000";
+#: -1 returns all data.
+DEFAULT_READ_POINTS, MAX_READ_POINTS = 1000, 10_000
 _LABEL_FILTER = re.compile(r'^\s*labels\.([a-z0-9_-]+)\s*=\s*"([^"]*)"\s*$')
 _PARENT_FILTER = re.compile(r'parent_contexts:"([^"]+)"')
 
@@ -90,7 +113,9 @@ class FakeVertex(FakeGcs):
 
     def __init__(self, *, project: str = "test-project", location: str = "us-central1",
                  buckets: tuple[str, ...] = ("test-bucket",), timing: Timing | None = None,
-                 batch_size: int = 8, page_size: int = 2, port: int = 0) -> None:
+                 batch_size: int = 8, page_size: int = 2, list_lag_s: float = 0.0,
+                 storage_roles: tuple[str, ...] = DEFAULT_STORAGE_ROLES,
+                 port: int = 0) -> None:
         self.project, self.location = project, location
         self.parent = f"projects/{project}/locations/{location}"
         self.buckets = set(buckets)
@@ -100,6 +125,11 @@ class FakeVertex(FakeGcs):
         self.objects: dict[tuple[str, str], bytes] = {}
         self.jobs: dict[str, FakeJob] = {}
         self.label_filter_supported = True
+        self.list_lag_s = list_lag_s
+        self.steps_per_epoch: int | None = None  # set: every job runs that many a epoch
+        self.tb_links_missing = False  # set: no run has its -tb-run artifact
+        self.storage_permissions = set().union(*(STORAGE_ROLES[r] for r in storage_roles))
+        self._sample = random.Random(0)
         self._uploads: dict[str, dict[str, Any]] = {}
         self._injections: list[Injection] = []
         self._fail_plans: list[tuple[str, int]] = []
@@ -219,9 +249,10 @@ class FakeVertex(FakeGcs):
     def _route(self, method: str, path: str, query: dict[str, list[str]], headers: Any,
                body: bytes) -> Reply:
         if path.startswith("/upload/storage/v1/b/"):
+            self._require("storage.objects.create")
             return self._upload(method, path, query, headers, body)
         if path.startswith("/storage/v1/b/"):
-            return self._storage_get(path)
+            return self._storage_call(path, query)
         if not path.startswith("/v1/"):
             raise FakeError(404, f"no such API path {path}")
         resource = path[len("/v1/"):]
@@ -236,13 +267,15 @@ class FakeVertex(FakeGcs):
         if resource.endswith(":generateContent"):
             return self._generate(resource.removesuffix(":generateContent"), _decode(body))
         if resource.endswith(":read"):
-            return self._read_series(resource.removesuffix(":read"))
+            return self._read_series(resource.removesuffix(":read"), query)
         if resource.endswith("/timeSeries"):
             return self._list_series(resource.removesuffix("/timeSeries"))
         if resource == f"{self.parent}/metadataStores/default/contexts":
             return self._list_runs(query)
         if "/metadataStores/default/contexts/" in resource:
             return self._get_context(resource)
+        if "/metadataStores/default/artifacts/" in resource:
+            return self._get_artifact(resource)
         raise FakeError(404, f"no such resource {resource}")
 
     # --- tuning jobs ---------------------------------------------------------------------------
@@ -255,7 +288,7 @@ class FakeVertex(FakeGcs):
             job_id=job_id, parent=self.parent, body=body, created_at=self.now(),
             train=self._read_gs(train_uri) or b"",
             validation=self._read_gs(val_uri) if val_uri else None,
-            batch_size=self.batch_size, fail=fail,
+            batch_size=self.batch_size, fail=fail, steps_per_epoch=self.steps_per_epoch,
         )
         self.jobs[job_id] = job
         return Reply(200, job.resource(self.now(), self.timing))
@@ -270,7 +303,9 @@ class FakeVertex(FakeGcs):
         return Reply(200, self._job(job_id).resource(self.now(), self.timing))
 
     def _list_jobs(self, query: dict[str, list[str]]) -> Reply:
-        jobs = [job.resource(self.now(), self.timing) for job in self.jobs.values()]
+        now = self.now()
+        jobs = [job.resource(now, self.timing) for job in self.jobs.values()
+                if now - job.created_at >= self.list_lag_s]
         text = query.get("filter", [""])[0]
         if text:
             match = _LABEL_FILTER.match(text)
@@ -324,9 +359,19 @@ class FakeVertex(FakeGcs):
         return Reply(200, {"contexts": [{"name": job.run_context,
                                           "schemaTitle": "system.ExperimentRun"}]})
 
+    def _get_artifact(self, resource: str) -> Reply:
+        for job in self.jobs.values():
+            if self.tb_links_missing:
+                break
+            if job.tb_run_artifact == resource and job.has_started(self.now(), self.timing):
+                return Reply(200, {"name": resource,
+                                    "schemaTitle": "google.VertexTensorboardRun",
+                                    "metadata": {"resourceName": job.tensorboard_run}})
+        raise FakeError(404, f"Artifact {resource} not found")
+
     def _series_job(self, run: str) -> FakeJob:
         for job in self.jobs.values():
-            if run.startswith(job.tensorboard_run):
+            if run.startswith(job.tensorboard_run + "/") or run == job.tensorboard_run:
                 return job
         raise FakeError(404, f"TensorboardRun {run} not found")
 
@@ -338,15 +383,40 @@ class FakeVertex(FakeGcs):
              "valueType": "SCALAR"}
             for index, name in enumerate(series) if series[name]]})
 
-    def _read_series(self, name: str) -> Reply:
+    def _read_series(self, name: str, query: dict[str, list[str]]) -> Reply:
         job = self._series_job(name)
         series = list(job.series(self.now(), self.timing).items())
         index = int(name.rsplit("/", 1)[-1])
         display, points = series[index]
+        try:
+            wanted = int(query.get("maxDataPoints", [str(DEFAULT_READ_POINTS)])[0])
+        except ValueError:
+            raise FakeError(400, "maxDataPoints must be an integer") from None
+        if wanted == 0 or wanted < -1:
+            raise FakeError(400, "maxDataPoints must be positive, or -1 for all data")
+        limit = len(points) if wanted == -1 else min(wanted, MAX_READ_POINTS)
+        if len(points) > limit:  # "randomly selected from this time series"
+            points = sorted(self._sample.sample(points, limit))
         return Reply(200, {"timeSeriesData": {
             "tensorboardTimeSeriesId": str(index), "valueType": "SCALAR",
             "values": [{"step": str(step), "wallTime": _rfc3339(time.time()),
                         "scalar": {"value": value}} for step, value in points]}})
+
+    def epoch_losses(self) -> dict[str, dict[str, list[float]]]:
+        """Per job: the mean training loss of each epoch and its eval loss, as written."""
+        with self._lock:
+            now = self.now()
+            truth = {}
+            for job in self.jobs.values():
+                series = job.series(now, self.timing)
+                by_epoch: dict[int, list[float]] = {}
+                for step, loss in series["/train_total_loss"]:
+                    by_epoch.setdefault(job.epoch_of(step), []).append(loss)
+                truth[job.name] = {
+                    "train": [sum(v) / len(v) for _, v in sorted(by_epoch.items())],
+                    "eval": [loss for _, loss in series["/eval_total_loss"]],
+                    "checkpoints": job.checkpoint_epochs}
+            return truth
 
     # --- admin ---------------------------------------------------------------------------------
 
@@ -357,6 +427,8 @@ class FakeVertex(FakeGcs):
                 return Reply(200, {"requests": [asdict(r) for r in self.requests]})
         if path == "/_admin/jobs":
             return Reply(200, {"tuningJobs": self.job_list()})
+        if path == "/_admin/epoch_losses":
+            return Reply(200, self.epoch_losses())
         if path == "/_admin/chaos":
             if method == "POST":
                 self.chaos = Chaos(**{**args, "kinds": tuple(args.get("kinds", Chaos.kinds))})
@@ -422,12 +494,15 @@ def _handler_for(fake: FakeVertex) -> type[BaseHTTPRequestHandler]:
                 reply = fake.handle(self.command, self.path, self.headers, body)
                 if answer_after(self, chaos, slow_s=fake.chaos.slow_s):
                     return
-            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+            is_raw = isinstance(reply.body, bytes)  # an object's bytes (alt=media)
+            payload = (reply.body if is_raw else b"" if reply.body is None
+                       else json.dumps(reply.body).encode())
             self.send_response(reply.status)
             for key, value in reply.headers.items():
                 self.send_header(key, value)
             if reply.body is not None:
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
+                self.send_header("Content-Type", "application/octet-stream" if is_raw
+                                 else "application/json; charset=UTF-8")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -448,9 +523,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bucket", default="test-bucket")
     parser.add_argument("--queued-s", type=float, default=Timing.queued_s)
     parser.add_argument("--step-s", type=float, default=Timing.step_s)
+    parser.add_argument("--list-lag-s", type=float, default=0.0)
+    parser.add_argument("--storage-role", action="append", choices=sorted(STORAGE_ROLES),
+                        help="a role the caller holds on the bucket (repeat); default: "
+                             + " + ".join(DEFAULT_STORAGE_ROLES))
     args = parser.parse_args(argv)
     fake = FakeVertex(project=args.project, location=args.location, buckets=(args.bucket,),
-                      timing=Timing(queued_s=args.queued_s, step_s=args.step_s), port=args.port)
+                      timing=Timing(queued_s=args.queued_s, step_s=args.step_s),
+                      list_lag_s=args.list_lag_s,
+                      storage_roles=tuple(args.storage_role or DEFAULT_STORAGE_ROLES),
+                      port=args.port)
     print(f"fake Vertex AI listening on {fake.url}", flush=True)
     try:
         fake._server.serve_forever()

@@ -117,8 +117,10 @@ def test_dataset_is_vertex_jsonl_uploaded_once_per_content(fake: FakeVertex) -> 
     backend.submit(make_request("sweep-a:2"))
     make_backend(fake, system_instruction="Answer tersely.").submit(make_request("sweep-a:3"))
 
-    assert len(fake.objects) == 2  # train + validation, stored once
-    uploads = fake.recorded("POST", "/upload/storage/v1/b/test-bucket/o")
+    datasets = [name for _, name in fake.objects if name.startswith("gemini-sweep/datasets/")]
+    assert len(datasets) == 2  # train + validation, stored once
+    uploads = [u for u in fake.recorded("POST", "/upload/storage/v1/b/test-bucket/o")
+               if u.query["name"][0].startswith("gemini-sweep/datasets/")]
     assert [u.query["ifGenerationMatch"] for u in uploads] == [["0"]] * len(uploads)
     assert [u.status for u in uploads] == [200, 200, 412, 412]  # the restart hit 412s only
     create = fake.recorded("POST", "/tuningJobs")[0].body
@@ -202,7 +204,7 @@ def test_ambiguous_create_failure_finds_the_job_instead_of_posting_again(
     assert len(fake.recorded("POST", "/tuningJobs")) == 1
 
 
-def test_create_refused_before_applying_is_posted_again_after_a_lookup(
+def test_create_refused_with_429_is_posted_again_each_post_written_down_first(
     fake: FakeVertex,
 ) -> None:
     sleeps: list[float] = []
@@ -211,9 +213,11 @@ def test_create_refused_before_applying_is_posted_again_after_a_lookup(
     assert len(fake.jobs) == 1
     methods = [(r.method, "pageSize" in r.query) for r in fake.requests
                if r.path.endswith("/tuningJobs")]
-    # find, POST (429), find again, POST: never two POSTs in a row.
-    assert methods == [("GET", True), ("POST", False), ("GET", True), ("POST", False)]
+    # find, POST (429: RESOURCE_EXHAUSTED, nothing created), POST again after the backoff.
+    assert methods == [("GET", True), ("POST", False), ("POST", False)]
     assert sleeps and sleeps[0] >= 0.5
+    records = sorted(name for _, name in fake.objects if "/creates/" in name)
+    assert [name.rsplit("/", 1)[-1] for name in records] == ["1.json", "2.json"]
 
 
 def test_batch_size_with_a_gemini_base_model_is_a_config_error(fake: FakeVertex) -> None:
