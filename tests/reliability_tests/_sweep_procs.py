@@ -75,8 +75,10 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float
 
 @contextmanager
 def fake_service(kind: str, *, epoch_s: float = 0.3, step_s: float = 0.05,
-                 api_key: str = GEMINI_KEY) -> Iterator[FakeService]:
-    """``gemini-api`` or ``vertex`` fake as a subprocess on a free loopback port."""
+                 api_key: str = GEMINI_KEY, extra_args: tuple[str, ...] = ()
+                 ) -> Iterator[FakeService]:
+    """``gemini-api`` or ``vertex`` fake as a subprocess on a free loopback port;
+    ``extra_args`` go to its command line (e.g. ``--list-lag-s 3``)."""
     port = free_port()
     if kind == "gemini-api":
         argv = ["-m", "tests.gemini_backend_tests.fake_gemini_api", "--port", str(port),
@@ -84,7 +86,7 @@ def fake_service(kind: str, *, epoch_s: float = 0.3, step_s: float = 0.05,
     else:
         argv = ["-m", "tests.gemini_backend_tests.fake_vertex", "--port", str(port),
                 "--queued-s", "0.05", "--step-s", str(step_s)]
-    process = subprocess.Popen([sys.executable, *argv], cwd=REPO_ROOT,
+    process = subprocess.Popen([sys.executable, *argv, *extra_args], cwd=REPO_ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_port(port, process)
@@ -108,7 +110,9 @@ def backend_section(service: FakeService | None, folder: Path) -> dict[str, Any]
         key_path.write_text(json.dumps(service_account_key(service.url)), encoding="utf-8")
     return {"kind": "vertex", "project": "test-project", "bucket": "test-bucket",
             "base_url": service.url, "storage_base_url": service.url,
-            "credentials_file": "sa-key.json", "timeout_s": 5}
+            "credentials_file": "sa-key.json", "timeout_s": 5,
+            # The fakes' list shows a job at once unless told to lag: a short wait suffices.
+            "list_lag_window_s": 2}
 
 
 def sweep_env(**extra: str) -> dict[str, str]:

@@ -80,7 +80,7 @@ def vertex_backend(fake: FakeVertex) -> VertexBackend:
 
     config = VertexBackendConfig(project="test-project", bucket="test-bucket",
                                  base_url=fake.url, storage_base_url=fake.url,
-                                 timeout_s=TIMEOUT_S)
+                                 timeout_s=TIMEOUT_S, list_lag_window_s=1.0)
     return VertexBackend(config, credentials=Credentials(token="fake-token"),
                          sleep=short_sleep)
 
