@@ -2,7 +2,7 @@
 
 Each world runs `gemini-sweep run` as a process against the fake (a subprocess on
 127.0.0.1) with a seeded 10% of calls failing (429, 503, dropped connections, truncated
-answers), SIGKILLs it right after a job's create returned but before its name was stored
+answers) and the answers to the first two creates lost after the jobs were made, SIGKILLs it right after a job's create returned but before its name was stored
 (the moment exactly-once depends on the list), runs it again to the end, and checks that
 every trial finished with one job per trial and that the per-epoch losses in MLflow equal
 what the service wrote, epoch by epoch.
@@ -79,6 +79,9 @@ def test_sweep_with_faults_killed_and_resumed_matches_the_service(
         seed_mlflow(mlflow_template, tmp_path)
         service.post("chaos", {"rate": 0.1, "seed": 7, "kinds": ["429", "503", "drop",
                                                                  "malformed"]})
+        # The first two creates are applied but their answers lost: outcome unknown.
+        service.post("inject", {"status": 503, "method": "POST", "count": 2,
+                                "path_contains": "/tuningJobs", "apply_first": True})
 
         killed = start_run(config_path, env=sweep_env(**{ENV_VAR: "after_submit:2"}))
         output = killed.communicate(timeout=300)[0].decode()
