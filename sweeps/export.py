@@ -159,6 +159,8 @@ def recommend(trial: TrialRecord) -> Recommendation:
                      f"job is not documented); otherwise tune again with epochs = {epochs}.")
     if plateau is not None and plateau != epochs_run:
         notes.append(_schedule_note(plateau, epochs_run, checkpoint))
+        if checkpoint is None and trial.checkpoints:
+            notes.append(_no_checkpoint_note(trial, plateau))
     return Recommendation(epochs=int(epochs), epochs_run=epochs_run, plateau_epoch=plateau,
                           loss_at_plateau=trial.loss_at_plateau, flags=flags,
                           checkpoint_id=checkpoint, notes=tuple(notes))
@@ -173,6 +175,17 @@ def _schedule_note(plateau: int, epochs_run: int, checkpoint: str | None) -> str
                        f"{plateau}: deploy it instead of tuning again.")
     return note + (" Where the service keeps per-epoch checkpoints (Vertex), deploying the "
                    "plateau epoch's checkpoint of the original job avoids that difference.")
+
+
+def _no_checkpoint_note(trial: TrialRecord, epoch: int) -> str:
+    """The plateau epoch has no checkpoint (Vertex keeps about ten, spread, past 10 epochs):
+    say so, and name the nearest kept one (the earlier on a tie: before the plateau)."""
+    kept = [c for c in trial.checkpoints if isinstance(c.get("epoch"), int)]
+    nearest = min(kept, key=lambda c: (abs(int(c["epoch"]) - epoch), int(c["epoch"])))
+    return (f"no checkpoint: the service kept none for epoch {epoch} (kept: epochs "
+            f"{', '.join(str(c['epoch']) for c in kept)}); the nearest is epoch "
+            f"{nearest['epoch']} (checkpoint {nearest.get('checkpoint_id')}). Deploy it, or "
+            f"tune again with epochs = {epoch} for that exact epoch.")
 
 
 def _checkpoint_of(trial: TrialRecord, epoch: int | None) -> str | None:
