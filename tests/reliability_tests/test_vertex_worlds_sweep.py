@@ -2,15 +2,15 @@
 
 Each world runs `gemini-sweep run` as a process against the fake (a subprocess on
 127.0.0.1) with a seeded 10% of calls failing (429, 503, dropped connections, truncated
-answers) and the answers to the first two creates lost after the jobs were made, SIGKILLs it right after a job's create returned but before its name was stored
-(the moment exactly-once depends on the list), runs it again to the end, and checks that
-every trial finished with one job per trial and that the per-epoch losses in MLflow equal
-what the service wrote, epoch by epoch.
+answers) and the answers to the first two creates lost after the jobs were made. It
+SIGKILLs the run right after a job's create returned but before its name was stored (the
+moment exactly-once depends on the list), runs it again to the end, and checks that every
+trial finished with one job per trial and that the per-epoch losses in MLflow equal what
+the service wrote, epoch by epoch.
 
 Worlds: plain (an account with storage.admin, jobs of 3 epochs); jobs of 12 epochs (about
 ten checkpoints, spread); a job list lagging creates by 3 s; TensorBoard runs not named
-after the experiment (the fake's ids are unrelated in every world; this one also checks the
-runs the sweep read are those of the ``-tb-run`` artifacts); an account holding only
+after the experiment (the fake's ids are unrelated in every world); an account holding only
 roles/storage.objectCreator + roles/storage.objectViewer on the bucket.
 """
 
