@@ -25,8 +25,8 @@ from gemini_backend._vertex_wire import label_value
 
 logger = logging.getLogger(__name__)
 
-#: After the window, list checks spread over it at these fractions (a lagging list is
-#: usually caught up early; the last check proves absence).
+#: List checks of an unproven create, as fractions of the time until it is proven absent
+#: (a lagging list usually catches up early; the last check proves absence).
 CHECK_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 MIN_CHECK_DELAY_S = 0.5
 
@@ -97,10 +97,11 @@ def settle_time(attempt: CreateAttempt, *, request_timeout_s: float, window_s: f
 
 def next_check_delay(attempt: CreateAttempt, now: float, *, request_timeout_s: float,
                      window_s: float) -> float:
-    """Seconds until the next list check of an unproven create (backing off over the window)."""
-    start = attempt.posted_at + request_timeout_s
+    """Seconds until the next list check of an unproven create: at 1/8, 1/4, 1/2 and all of
+    the time to :func:`settle_time` (a job that was created usually shows early)."""
+    span = request_timeout_s + window_s
     for fraction in CHECK_FRACTIONS:
-        due = start + window_s * fraction
+        due = attempt.posted_at + span * fraction
         if due > now:
             return max(MIN_CHECK_DELAY_S, due - now)
     return MIN_CHECK_DELAY_S

@@ -297,7 +297,8 @@ class VertexBackend(BaseBackend):
         delays = self._backoff.delays()
         number = first_number
         while True:
-            if not wiring.creates.record(key, number, self._clock()):
+            attempt = CreateAttempt(number, self._clock())
+            if not wiring.creates.record(key, attempt.number, attempt.posted_at):
                 raise TransientError(f"create tuning job: another worker is creating the job "
                                      f"for key {key}; looking it up later",
                                      retry_after_s=self.config.list_lag_window_s or 1.0)
@@ -319,13 +320,12 @@ class VertexBackend(BaseBackend):
                     logger.warning("job=%s was created despite: %s", found.job_id,
                                    error.message)
                     return found
-                attempt = CreateAttempt(number, self._clock())
                 raise TransientError(
                     f"{error.message}; whether the job for key {key} was created is unknown "
                     "until the job list shows it or list_lag_window_s has passed",
                     status_code=error.status_code, service_status=error.service_status,
                     retry_after_s=next_check_delay(
-                        attempt, attempt.posted_at, request_timeout_s=0.0,
+                        attempt, self._clock(), request_timeout_s=self.config.timeout_s,
                         window_s=self.config.list_lag_window_s)) from error
             logger.info("job=%s submitted for key %s", job.get("name"), key)
             return JobRef(backend=self.kind, job_id=str(job["name"]), idempotency_key=key)
@@ -339,8 +339,10 @@ class VertexBackend(BaseBackend):
             return job_status(job, state, Curve([], []))
         if job.experiment:
             curve = self._wire().curves.read(job.experiment)
-        else:
+        elif state in (JobState.RUNNING, JobState.SUCCEEDED):
             curve = Curve([], [], "experiment field on the job")
+        else:  # failed or cancelled before it ran: there is no curve to look for
+            curve = Curve([], [])
         self._warn_once_about_curve(ref, job.state, curve)
         return job_status(job, state, curve)
 

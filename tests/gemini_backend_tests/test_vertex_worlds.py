@@ -20,6 +20,9 @@ from gemini_backend import Example
 from gemini_backend import InvalidRequestError
 from gemini_backend import JobState
 from gemini_backend import TransientError
+from gemini_backend._vertex_creates import CreateAttempt
+from gemini_backend._vertex_creates import next_check_delay
+from gemini_backend._vertex_creates import settle_time
 from gemini_backend._vertex_metrics import EpochMap
 from gemini_backend._vertex_wire import CheckpointPayload
 from gemini_backend._vertex_wire import map_state
@@ -237,3 +240,13 @@ def test_an_output_only_example_is_refused_not_sent_with_an_empty_part(
 def test_a_paused_job_is_still_in_flight() -> None:
     assert map_state("JOB_STATE_PAUSED") is JobState.RUNNING
     assert not map_state("JOB_STATE_PAUSED").is_terminal()
+
+
+def test_an_unproven_create_is_checked_at_growing_intervals_then_proven_absent() -> None:
+    attempt = CreateAttempt(1, posted_at=1000.0)
+    timing = {"request_timeout_s": 60.0, "window_s": 60.0}
+    checks, now = [], 1000.0
+    while now < settle_time(attempt, **timing):
+        now += next_check_delay(attempt, now, **timing)
+        checks.append(now - attempt.posted_at)
+    assert checks == [15.0, 30.0, 60.0, 120.0]
