@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+#: "About supervised fine-tuning for Gemini models": the sizes each model takes.
+MODEL_ADAPTER_SIZES = {
+    model: {"ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO", "ADAPTER_SIZE_FOUR", "ADAPTER_SIZE_EIGHT",
+            "ADAPTER_SIZE_SIXTEEN"}
+    for model in ("gemini-2.5-flash", "gemini-2.5-flash-lite")}
 ADAPTER_SIZES = {"ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO", "ADAPTER_SIZE_FOUR",
                  "ADAPTER_SIZE_EIGHT", "ADAPTER_SIZE_SIXTEEN", "ADAPTER_SIZE_THIRTY_TWO"}
 _LABEL = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -87,6 +92,10 @@ def validate_create(body: Any, *, is_object: Callable[[str], bytes | None]) -> t
         raise _error(400, "batch_size is only supported for open source models")
     if "adapterSize" in hyper and hyper["adapterSize"] not in ADAPTER_SIZES:
         raise _error(400, f"Invalid adapterSize {hyper['adapterSize']}")
+    model_sizes = MODEL_ADAPTER_SIZES.get(body["baseModel"].rsplit("/", 1)[-1])
+    if "adapterSize" in hyper and model_sizes and hyper["adapterSize"] not in model_sizes:
+        raise _error(400, f"adapterSize {hyper['adapterSize']} is not supported for "
+                     f"{body['baseModel']}")
     for key, value in (body.get("labels") or {}).items():
         if not (_LABEL.match(key) and key[:1].isalpha() and _LABEL.match(str(value))):
             raise _error(400, f"Invalid label {key}={value}")
@@ -99,6 +108,11 @@ def _check_jsonl(uri: str, data: bytes) -> None:
         roles = [c["role"] for c in record["contents"]]
         if roles[-1] != "model" or not set(roles) <= {"user", "model"}:
             raise _error(400, f"{uri} line {number}: contents must end with a model turn")
+        # The docs show text parts with text and say nothing of empty ones: refuse them.
+        for turn in record["contents"]:
+            if any(not str(part.get("text", "")).strip() for part in turn.get("parts") or [{}]):
+                raise _error(400, f"{uri} line {number}: a {turn['role']} turn has an empty "
+                             "text part")
 
 
 @dataclass

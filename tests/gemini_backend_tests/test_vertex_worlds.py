@@ -250,3 +250,23 @@ def test_an_unproven_create_is_checked_at_growing_intervals_then_proven_absent()
         now += next_check_delay(attempt, now, **timing)
         checks.append(now - attempt.posted_at)
     assert checks == [15.0, 30.0, 60.0, 120.0]
+
+
+def test_the_fake_refuses_what_the_backend_no_longer_sends(fake: FakeVertex) -> None:
+    fake.objects[("test-bucket", "empty.jsonl")] = (
+        b'{"contents":[{"role":"user","parts":[{"text":""}]},'
+        b'{"role":"model","parts":[{"text":"a"}]}]}\n')
+    fake.objects[("test-bucket", "ok.jsonl")] = (
+        b'{"contents":[{"role":"user","parts":[{"text":"q"}]},'
+        b'{"role":"model","parts":[{"text":"a"}]}]}\n')
+    url = f"{fake.url}/v1/{fake.parent}/tuningJobs"
+
+    def create(dataset: str, adapter: str) -> requests.Response:
+        body = {"baseModel": "gemini-2.5-flash", "supervisedTuningSpec": {
+            "trainingDatasetUri": f"gs://test-bucket/{dataset}",
+            "hyperParameters": {"epochCount": "1", "adapterSize": adapter}}}
+        return requests.post(url, json=body, headers={"Authorization": "Bearer x"}, timeout=5)
+
+    assert "empty text part" in create("empty.jsonl", "ADAPTER_SIZE_FOUR").text
+    assert create("ok.jsonl", "ADAPTER_SIZE_THIRTY_TWO").status_code == 400
+    assert create("ok.jsonl", "ADAPTER_SIZE_FOUR").status_code == 200
