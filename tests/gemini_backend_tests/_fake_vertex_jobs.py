@@ -130,6 +130,7 @@ class FakeJob:
     fail_message: str | None = None
     fail_after_step: int | None = None
     cancel_at: float | None = None
+    pause: tuple[float, float] | None = None  # (from, until) in simulated seconds
     # Ids Vertex picks: nothing documents how they relate to the job's or to each other.
     experiment_id: str = field(default_factory=lambda: f"tuning-exp-{uuid.uuid4().hex[:10]}")
     run_id: str = field(default_factory=lambda: f"run-{uuid.uuid4().hex[:12]}")
@@ -191,8 +192,15 @@ class FakeJob:
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
 
+    def _paused_s(self, now: float) -> float:
+        if self.pause is None:
+            return 0.0
+        start, end = self.pause
+        return min(max(0.0, now - start), end - start)
+
     def _steps_at(self, now: float, timing: Timing) -> int:
-        running_s = now - self.created_at - timing.queued_s - timing.pending_s
+        running_s = (now - self.created_at - timing.queued_s - timing.pending_s
+                     - self._paused_s(now))
         return max(0, min(self.total_steps, math.floor(running_s / timing.step_s + 1e-9)))
 
     def state_at(self, now: float, timing: Timing) -> tuple[str, int]:
@@ -207,6 +215,8 @@ class FakeJob:
         if age_s < timing.queued_s + timing.pending_s:
             return "JOB_STATE_PENDING", 0
         steps = self._steps_at(now, timing)
+        if self.pause is not None and self.pause[0] <= now < self.pause[1]:
+            return "JOB_STATE_PAUSED", steps  # "stopped; can be resumed": it resumes
         if self.fail_after_step is not None and steps >= self.fail_after_step:
             return "JOB_STATE_FAILED", self.fail_after_step
         if steps >= self.total_steps:

@@ -270,3 +270,18 @@ def test_the_fake_refuses_what_the_backend_no_longer_sends(fake: FakeVertex) -> 
     assert "empty text part" in create("empty.jsonl", "ADAPTER_SIZE_FOUR").text
     assert create("ok.jsonl", "ADAPTER_SIZE_THIRTY_TWO").status_code == 400
     assert create("ok.jsonl", "ADAPTER_SIZE_FOUR").status_code == 200
+
+
+def test_a_paused_job_is_polled_as_running_then_finishes(fake: FakeVertex) -> None:
+    backend = make_backend(fake)
+    ref = backend.submit(make_request("paused", epochs=2))
+    fake.advance(fake.timing.queued_s + fake.timing.pending_s + 2 * fake.timing.step_s)
+    job = next(iter(fake.jobs.values()))
+    job.pause = (fake.now(), fake.now() + 100.0)
+    fake.advance(1.0)
+    paused = backend.poll(ref)
+    assert fake.job_list()[0]["state"] == "JOB_STATE_PAUSED"
+    assert paused.state is JobState.RUNNING and paused.epochs_completed == 1
+    run_to_end(fake)
+    assert backend.poll(ref).state is JobState.SUCCEEDED
+    assert fake.recorded("POST", ":cancel") == []
