@@ -12,8 +12,10 @@ Written from the shapes in reference/tuning_api.md section 2: a real HTTP server
   jobs go QUEUED -> PENDING -> RUNNING -> SUCCEEDED as (simulated) time passes, with int64
   fields as strings, ``tuningDataStats``, ``tunedModel.checkpoints`` as the checkpoints page
   says (one per epoch up to 10 epochs, about ten spread plus the last beyond), a failing job
-  (:meth:`FakeVertex.fail_next`) and cancel (CANCELLING -> CANCELLED). ``list_lag_s``: the
-  list shows a job only that long after its create (nothing documents it as immediate).
+  (:meth:`FakeVertex.fail_next`), cancel (CANCELLING -> CANCELLED) and a pause
+  (``FakeJob.pause``: PAUSED, then it resumes). ``list_lag_s``: the list shows a job only
+  that long after its create (nothing documents it as immediate). A create is refused for
+  an adapter size the base model does not take, or a dataset line with an empty text part.
 * The loss curve behind ``job.experiment``, reachable only through documented links: the
   ExperimentRun context list, the run's ``{run id}-tb-run`` artifact whose
   ``metadata.resourceName`` is the TensorBoard run (ids unrelated to each other), then
