@@ -124,14 +124,14 @@ class TensorboardCurveReader:
         except JobNotFound:
             runs = []
         if not runs:
-            return None, f"an ExperimentRun context under {experiment}"
+            return None, f"ExperimentRun context under {experiment}"
         run_id = str(runs[0]["name"]).rsplit("/", 1)[-1]
         artifact = f"{store}/artifacts/{run_id}{TB_RUN_ARTIFACT_SUFFIX}"
         try:
             reply = self._client.request("GET", f"{v}/{artifact}",
                                          what="read TensorBoard run artifact")
         except JobNotFound:
-            return None, f"the TensorBoard run artifact {artifact}"
+            return None, f"TensorBoard run artifact {artifact}"
         resource = (reply.get("metadata") or {}).get(TB_RUN_RESOURCE_KEY)
         if not isinstance(resource, str) or not resource:
             return None, f"metadata.{TB_RUN_RESOURCE_KEY} on the artifact {artifact}"
