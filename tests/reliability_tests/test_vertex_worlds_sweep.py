@@ -11,23 +11,31 @@ the service wrote, epoch by epoch.
 Worlds: plain (an account with storage.admin, jobs of 3 epochs); jobs of 12 epochs (about
 ten checkpoints, spread); a job list lagging creates by 3 s; TensorBoard runs not named
 after the experiment (the fake's ids are unrelated in every world); an account holding only
-roles/storage.objectCreator + roles/storage.objectViewer on the bucket.
+roles/storage.objectCreator + roles/storage.objectViewer on the bucket. And one world where
+the curve cannot be found: each trial fails naming what was looked for, warned at once.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from google.oauth2.credentials import Credentials
 from mlflow import MlflowClient
 
 from gemini_backend import JobRef
+from gemini_backend.vertex import VertexBackend
+from gemini_backend.vertex import VertexBackendConfig
 from sweeps import _trial_state as ts
 from sweeps import load_config
+from sweeps import run_sweep
 from sweeps._crashpoints import ENV_VAR
 from sweeps.runner import open_study
+from tests.gemini_backend_tests.fake_vertex import FakeVertex
+from tests.gemini_backend_tests.fake_vertex import Timing
 from tests.reliability_tests._sweep_procs import backend_section
 from tests.reliability_tests._sweep_procs import check_sweep
 from tests.reliability_tests._sweep_procs import fake_service
@@ -114,3 +122,29 @@ def test_sweep_with_faults_killed_and_resumed_matches_the_service(
             assert kept == truth[job]["checkpoints"]
         if world.epochs > 10:
             assert truth[job]["checkpoints"] == [1, 2, 4, 5, 6, 7, 8, 10, 11, 12]
+
+
+def test_a_curve_not_linked_to_its_run_fails_each_trial_naming_what_is_missing(
+        mlflow_template: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    with FakeVertex(timing=Timing(step_s=0.03)) as fake:
+        fake.tb_links_missing = True
+        config = VertexBackendConfig(project="test-project", bucket="test-bucket",
+                                     base_url=fake.url, storage_base_url=fake.url)
+        backend = VertexBackend(config, credentials=Credentials(token="fake-token"))
+        write_dataset(tmp_path, n_examples=30)
+        config_path = write_config(
+            tmp_path, name="vw-unlinked", n_trials=2, concurrency=2, poll_interval_s=0.05,
+            backend=config.model_dump(mode="json"), max_consecutive_failures=5,
+            dataset={"path": "data.jsonl", "validation_split": 0.2, "seed": 0})
+        seed_mlflow(mlflow_template, tmp_path)
+        run_sweep(load_config(config_path), backend=backend)
+
+    trials = open_study(load_config(config_path)).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    for trial in trials:
+        reason = trial.user_attrs[ts.ATTR_FAIL_REASON]
+        assert "loss curve cannot be found" in reason and "-tb-run" in reason
+    warned = [r for r in caplog.records if "loss curve cannot be found" in r.getMessage()
+              and "still looking" in r.getMessage()]
+    assert len(warned) == 2  # once per job, while it ran
