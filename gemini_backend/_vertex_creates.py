@@ -16,14 +16,13 @@ overwritten or deleted, so the object roles the docs name (create + read + list)
 from __future__ import annotations
 
 import json
-import logging
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gemini_backend._gcs import GcsUploader
 from gemini_backend._vertex_wire import label_value
-
-logger = logging.getLogger(__name__)
 
 #: List checks of an unproven create, as fractions of the time until it is proven absent
 #: (a lagging list usually catches up early; the last check proves absence).
@@ -45,10 +44,13 @@ class CreateLedger:
     Args:
         uploader: the bucket's uploader (create-once writes, reads, lists).
         prefix: the folder of the records in the bucket.
+        clock: wall-clock seconds, for a record that cannot be read.
     """
 
-    def __init__(self, uploader: GcsUploader, *, prefix: str) -> None:
+    def __init__(self, uploader: GcsUploader, *, prefix: str,
+                 clock: Callable[[], float] = time.time) -> None:
         self._uploader = uploader
+        self._clock = clock
         self._prefix = prefix.strip("/")
         self._writer = uuid.uuid4().hex
 
@@ -63,8 +65,10 @@ class CreateLedger:
         if not numbers:
             return None
         number = max(numbers)
-        record = self._read(f"{folder}{number}.json")
-        return CreateAttempt(number, float(record.get("posted_at", 0.0)))
+        posted_at = self._read(f"{folder}{number}.json").get("posted_at")
+        # An unreadable record counts as sent just now: the wait is then the longest.
+        return CreateAttempt(number, float(posted_at) if isinstance(posted_at, (int, float))
+                             else self._clock())
 
     def record(self, key: str, number: int, posted_at: float) -> bool:
         """Write down POST ``number`` before sending it; False when another writer did.
