@@ -13,12 +13,9 @@ from typing import Annotated
 
 import typer
 
-from sweeps import export
 from sweeps.cli._common import app
 from sweeps.cli._common import err_console
 from sweeps.cli._common import user_errors
-from sweeps.config import load_config
-from sweeps.results import config_results
 
 
 class ExportFormatOption(enum.StrEnum):
@@ -43,6 +40,11 @@ def export_command(
         "else the service's default]")] = None,
 ) -> None:
     with user_errors():
+        # Loaded here, not at start-up: the export pulls in Optuna and the backends' wire code.
+        from sweeps import export
+        from sweeps.config import load_config
+        from sweeps.results import config_results
+
         config = load_config(config_path)
         best = export.best_config(config, config_results(config))
         text = export.render(config, best, fmt.value, base_model=base_model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Annotated
 from typing import Any
 
@@ -20,12 +21,10 @@ from sweeps.cli._common import app
 from sweeps.cli._common import console
 from sweeps.cli._common import err_console
 from sweeps.cli._common import user_errors
-from sweeps.config import load_config
-from sweeps.results import SweepResults
-from sweeps.results import TrialRecord
-from sweeps.results import collect_results
-from sweeps.results import config_results
-from sweeps.results import load_study
+
+if TYPE_CHECKING:
+    from sweeps.results import SweepResults
+    from sweeps.results import TrialRecord
 
 _JOB_COLUMN_MIN_WIDTH = 110
 _HEADERS = {"learning_rate_multiplier": "lr mult", "batch_size": "batch"}
@@ -59,6 +58,12 @@ def status_command(
 
 def _results(config_path: Path | None, *, study: str | None,
              storage: str | None) -> SweepResults:
+    # Optuna and the results module load here, not at start-up: `--help` does without.
+    from sweeps.config import load_config
+    from sweeps.results import collect_results
+    from sweeps.results import config_results
+    from sweeps.results import load_study
+
     if config_path is not None:
         config = load_config(config_path, storage=storage)
         if study is not None and study != config.name:
