@@ -167,7 +167,8 @@ def _drive(config: SweepConfig, study: optuna.Study, backend: BaseBackend, track
         tracker.finish_sweep(study, _summary(result))
     except TrackingError as exc:
         logger.error("the sweep's parent run could not be finished: %s", exc)
-    logger.info("sweep %s stopped: %s", config.name, result.stop_reason)
+    # Debug only: the CLI's summary says it, and saying it twice reads as two events.
+    logger.debug("sweep %s stopped: %s", config.name, result.stop_reason)
     return result
 
 

@@ -180,6 +180,56 @@ def test_status_table_by_study_and_storage(gemini_config: Path) -> None:
     assert "20,000 training tokens spent, 4,000 committed" in result.stdout
 
 
+def status_in_a_pipe(*args: str) -> str:
+    """`gemini-sweep status` as a user pipes it (`| less`, `> status.txt`): 80 columns."""
+    done = subprocess.run([sys.executable, "-c", "from sweeps.cli import main; main()",
+                           "status", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "80"}, check=True)
+    return done.stdout
+
+
+def every_kind_of_trial(config_path: Path) -> None:
+    """Stopped past its plateau (the best), pruned, failed, running, warm-started, with the
+    long job ids and 7-digit token counts of a real sweep."""
+    study = make_study(config_path)
+    long_tokens = 1_234_567
+    add_trial(study, TrialState.COMPLETE, value=0.412345, plateau=4, epochs=8, lr=0.123456,
+              tokens=long_tokens, stopped_after_epoch=6)
+    add_trial(study, TrialState.PRUNED, tokens=long_tokens)
+    add_trial(study, TrialState.FAIL, tokens=long_tokens, fail_reason="the job ended FAILED")
+    add_trial(study, TrialState.COMPLETE, value=0.9, plateau=3, tokens=long_tokens,
+              warm_start_from="earlier.yaml#3")
+    add_trial(study, TrialState.RUNNING, tokens=long_tokens)
+
+
+def test_status_fits_80_columns_in_a_pipe_and_says_what_it_abbreviates(
+        gemini_config: Path) -> None:
+    every_kind_of_trial(gemini_config)
+    table = status_in_a_pipe(str(gemini_config))
+    lines = table.splitlines()
+    rows = lines[1:lines.index(next(line for line in lines if line.startswith("* best")))]
+    assert len(rows) == 2 + 5 + 2 and max(len(row) for row in rows) <= 80, table
+    assert "…" not in table, table  # nothing cut: every value is whole
+    row = next(line for line in lines if line.split()[:1] == ["*0"])  # the best, marked
+    assert row.split()[1:] == ["STOPPED@6", "8", "0.1235", "4", "4", "0.4123", "1,234,567"]
+    assert "STOPPED@k: complete, its job stopped after epoch k" in table
+    assert "WARM: run by an earlier sweep" in table
+    for state in ("PRUNED", "FAIL", "RUNNING", "WARM"):
+        assert f" {state} " in table
+    # The lines under the table are whole lines (a pager or editor wraps them), not cut
+    # into 80-column pieces.
+    best = next(line for line in lines if line.startswith("best: trial 0"))
+    assert best.endswith("plateau at epoch 4"), table
+
+
+def test_status_wide_shows_every_column_whole_even_in_a_pipe(gemini_config: Path) -> None:
+    every_kind_of_trial(gemini_config)
+    table = status_in_a_pipe(str(gemini_config), "--wide")
+    assert "…" not in table, table
+    assert "COMPLETE (stopped at 6)" in table and "WARM (earlier.yaml#3)" in table
+    assert "tunedModels/job-4" in table and " cost " in table
+
+
 def test_status_unknown_study_names_the_ones_there(gemini_config: Path) -> None:
     mixed_study(gemini_config)
     storage = load_config(gemini_config).storage_url
