@@ -50,9 +50,10 @@ def run_command(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="warnings only")] = False,
 ) -> None:
     setup_logging(verbose, quiet)
-    for name in _QUIET_LOGGERS:  # their INFO lines (table creation, new study) are noise here
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     with user_errors():
+        # MLflow and Optuna set their own log levels when imported: import, then quieten.
+        import sweeps.runner  # noqa: F401
+        _quiet_libraries(verbose)
         from sweeps.config import load_config
 
         config = load_config(config_path, storage=storage, tracking_uri=tracking_uri)
@@ -66,12 +67,19 @@ def run_command(
 def run_sweep(config: SweepConfig, *, progress: ProgressCallback | None) -> SweepResult:
     """The runner, imported here: it pulls in MLflow, Optuna and the backends, which the
     other commands (and ``--help``) do without."""
-    import optuna
-
     from sweeps.runner import run_sweep as run
 
-    optuna.logging.set_verbosity(logging.WARNING)
     return run(config, progress=progress)
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Their INFO lines (table creation, new study) are noise here."""
+    import optuna
+
+    level = logging.DEBUG if verbose else logging.WARNING
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    optuna.logging.set_verbosity(level)
 
 
 @contextmanager
