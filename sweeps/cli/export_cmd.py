@@ -16,6 +16,7 @@ import typer
 from sweeps.cli._common import app
 from sweeps.cli._common import err_console
 from sweeps.cli._common import user_errors
+from sweeps.cli._export_warnings import export_warnings
 
 
 class ExportFormatOption(enum.StrEnum):
@@ -56,6 +57,12 @@ def export_command(
             vertex = export.vertex_export(config, best, base_model=base_model)
             notes += vertex.notes
             files = vertex.files
+        calls_gemini_api = fmt is ExportFormatOption.gemini_api or (
+            fmt in (ExportFormatOption.python, ExportFormatOption.curl)
+            and not export.targets_vertex(config))
+        gemini_api_model = (export.gemini_api_body(config, best, base_model=base_model)
+                            ["baseModel"] if calls_gemini_api else None)
+        warnings = export_warnings(gemini_api_model=gemini_api_model, file_uris=files)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -68,6 +75,9 @@ def export_command(
                       highlight=False)
     for note in notes:
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    for warning in warnings:
+        err_console.print(f"warning: {warning}", style="yellow", markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 def _write_data_files(folder: Path, files: dict[str, bytes]) -> None:

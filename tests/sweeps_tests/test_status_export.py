@@ -374,6 +374,34 @@ def test_vertex_body_and_data_files(tmp_path: Path) -> None:
     assert f"gcloud storage cp train.jsonl {spec['trainingDatasetUri']}" in snippet
 
 
+@pytest.mark.parametrize("fmt", ["gemini-api", "python", "curl"])
+def test_a_gemini_api_export_on_a_retired_base_model_warns(gemini_config: Path,
+                                                           fmt: str) -> None:
+    mixed_study(gemini_config)  # the config names no base model: the service's old default
+    result = invoke("export", gemini_config, "-f", fmt)
+    assert result.exit_code == 0, result.output
+    assert ("warning: base model models/gemini-1.5-flash-001-tuning is retired and the "
+            "Gemini API has had no tunable base model since May 2025") in result.stderr
+    assert "`--format vertex`" in result.stderr
+    assert "warning" not in result.stdout  # the export itself stays clean for a pipe
+    chosen = invoke("export", gemini_config, "-f", fmt, "--base-model", "models/tunable-002")
+    assert chosen.exit_code == 0 and "warning" not in chosen.stderr, chosen.stderr
+
+
+def test_a_vertex_export_without_a_bucket_warns_about_the_placeholder(tmp_path: Path) -> None:
+    replay = write_config(tmp_path / "replay", {"kind": "replay", "curves": "c.json"})
+    mixed_study(replay)
+    result = invoke("export", replay, "-f", "vertex", "-o", tmp_path / "out" / "vertex.json")
+    assert result.exit_code == 0, result.output
+    assert "warning: the body names gs://YOUR_BUCKET/gemini-sweep/datasets/" in result.stderr
+    assert "Replace it with your bucket" in result.stderr
+    with_bucket = write_config(tmp_path / "vertex", {"kind": "vertex", "project": "p",
+                                                     "bucket": "bkt"})
+    mixed_study(with_bucket)
+    result = invoke("export", with_bucket, "-f", "vertex")
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("fmt", ["yaml", "json", "gemini-api", "vertex", "python", "curl"])
 def test_no_secret_in_any_export(gemini_config: Path, fmt: str) -> None:
     mixed_study(gemini_config)
