@@ -64,7 +64,15 @@ def wait_for_line(stream, pattern: str, seen: list[str], *, limit: int = 20_000)
     raise AssertionError(f"{pattern!r} not within {limit} lines")
 
 
-def finish(process: subprocess.Popen[str], seen: list[str]) -> tuple[int, list[str]]:
+def ctrl_c_when(pattern: str, config: Path, *,
+                python_flags: tuple[str, ...] = ()) -> tuple[int, list[str]]:
+    """Start `run CONFIG`, press Ctrl-C once its stderr shows ``pattern``: the exit code and
+    every line it printed (``-X importtime`` lines left out)."""
+    process = start("run", str(config), python_flags=python_flags)
+    seen: list[str] = []
+    assert process.stderr is not None
+    wait_for_line(process.stderr, pattern, seen)
+    process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     lines = [line for line in (out + "".join(seen) + err).splitlines()
              if line.strip() and not line.startswith("import time:")]
@@ -75,12 +83,7 @@ def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path: Path) -> None:
     config = replay_config(tmp_path, time_scale=0.1, n_trials=4)
     # -X importtime reports each import as it ends: once typer is imported, the process is
     # inside `main`, loading the command line (the first of its imports in `main`).
-    process = start("run", str(config), python_flags=("-X", "importtime"))
-    seen: list[str] = []
-    assert process.stderr is not None
-    wait_for_line(process.stderr, r"\| +typer$", seen)
-    process.send_signal(signal.SIGINT)
-    code, lines = finish(process, seen)
+    code, lines = ctrl_c_when(r"\| +typer$", config, python_flags=("-X", "importtime"))
     assert code == 130, lines
     assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in lines), lines
     assert len(lines) == 1 and lines[0].startswith("interrupted"), lines
@@ -89,12 +92,7 @@ def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path: Path) -> None:
 def test_ctrl_c_mid_sweep_exits_130_with_one_line_saying_jobs_keep_running(
         tmp_path: Path) -> None:
     config = replay_config(tmp_path, time_scale=0.5, n_trials=6)
-    process = start("run", str(config))
-    seen: list[str] = []
-    assert process.stderr is not None
-    wait_for_line(process.stderr, r" submitted: ", seen)
-    process.send_signal(signal.SIGINT)
-    code, lines = finish(process, seen)
+    code, lines = ctrl_c_when(" submitted: ", config)
     assert code == 130, lines
     assert not any("Traceback" in line for line in lines), lines
     said = [line for line in lines if not LOG_LINE.match(line)]
