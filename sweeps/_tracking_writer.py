@@ -40,6 +40,9 @@ MAX_PARAM_VALUE_CHARS = 6000
 TAG_ROLE = "gemini_sweep.role"
 TAG_SWEEP_ID = "gemini_sweep.sweep_id"
 TAG_TRIAL = "gemini_sweep.trial"
+#: The experiment tag the MLflow UI reads to choose its view (its ExperimentKind values).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 T = TypeVar("T")
 
@@ -87,14 +90,23 @@ def prepare_sqlite_store(tracking_uri: str) -> None:
 
 
 def ensure_experiment(client: MlflowClient, name: str, *, artifact_root: str | None) -> str:
-    """The id of experiment ``name``, created (with its artifact folder) or restored."""
+    """The id of experiment ``name``, created (with its artifact folder and kind) or restored.
+
+    The kind tag makes the MLflow UI open the sweep in its model-training view (runs, metrics,
+    charts) instead of the GenAI view, which lists runs as "evaluation runs". An experiment
+    made without it (an earlier version) gets it too; a kind a user chose is kept.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = f"{artifact_root}/{name}" if artifact_root else None
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
     if experiment.lifecycle_stage == "deleted":
         logger.warning("MLflow experiment %r was deleted; restoring it for this sweep", name)
         client.restore_experiment(experiment.experiment_id)
+    if TAG_EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND,
+                                  EXPERIMENT_KIND)
     return experiment.experiment_id
 
 

@@ -143,14 +143,16 @@ def load_study(*, study_name: str, storage: str) -> optuna.Study:
         # Opening would create an empty database: say plainly that nothing ran here yet.
         raise SweepError(f"storage {shown}: no such file; run `gemini-sweep run CONFIG` first")
     try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        # Opened once for both calls: each opening of a URL re-checks the schema version.
+        opened = optuna.storages.get_storage(storage)
+        names = [s.study_name for s in optuna.get_all_study_summaries(opened)]
     except Exception as exc:  # SQLAlchemy and Optuna raise many types for a bad URL
         raise SweepError(f"storage {shown}: cannot be opened ({exc})") from None
     if study_name not in names:
         known = ", ".join(sorted(names)) or "none"
         raise SweepError(f"storage {shown}: no sweep named {study_name!r} (sweeps there: "
                          f"{known}); run `gemini-sweep run CONFIG` first")
-    return optuna.load_study(study_name=study_name, storage=storage)
+    return optuna.load_study(study_name=study_name, storage=opened)
 
 
 def load_config_study(config: SweepConfig) -> optuna.Study:

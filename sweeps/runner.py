@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
@@ -166,7 +167,8 @@ def _drive(config: SweepConfig, study: optuna.Study, backend: BaseBackend, track
         tracker.finish_sweep(study, _summary(result))
     except TrackingError as exc:
         logger.error("the sweep's parent run could not be finished: %s", exc)
-    logger.info("sweep %s stopped: %s", config.name, result.stop_reason)
+    # Debug only: the CLI's summary says it, and saying it twice reads as two events.
+    logger.debug("sweep %s stopped: %s", config.name, result.stop_reason)
     return result
 
 
@@ -220,12 +222,23 @@ def open_study(config: SweepConfig) -> optuna.Study:
             directions=config.directions, sampler=make_sampler(config),
             pruner=make_pruner(config)))
         _check_directions(config, study)
+        _name_metrics(config, study)
         return study
     except ConfigError:
         raise
     except Exception as exc:  # SQLAlchemy / Optuna raise many types for a bad storage
         raise ConfigError(f"storage {redact_url(url)}: cannot open the Optuna study "
                           f"{config.name!r}: {exc}") from None
+
+
+def _name_metrics(config: SweepConfig, study: optuna.Study) -> None:
+    """Name the study's objectives (``plateau_loss``, ``[eval_chrf, cost]``): optuna-dashboard,
+    the `optuna` CLI and Optuna's plots show these instead of "Objective 0"."""
+    if study.metric_names == config.objectives:
+        return
+    with warnings.catch_warnings():  # experimental in Optuna since 3.2, stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry_first_use(lambda: study.set_metric_names(config.objectives))
 
 
 def _check_directions(config: SweepConfig, study: optuna.Study) -> None:

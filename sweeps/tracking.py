@@ -29,6 +29,7 @@ from mlflow.entities import Run
 
 from sweeps import _tracking_writer as writer
 from sweeps._crashpoints import crash_point
+from sweeps._prune_reason import prune_tags
 from sweeps._tracking_plots import save_figure
 from sweeps._tracking_plots import sweep_figures
 from sweeps._tracking_plots import write_loss_curve_png
@@ -222,7 +223,7 @@ class MlflowTracker:
                                        lambda: self._record(outcome))
 
     def _record(self, outcome: TrialOutcome) -> str:
-        client, _ = self._require()
+        client, info = self._require()
         run = self._child_run(outcome.number, outcome.key)
         run_id = run.info.run_id
         tags = _job_tags(outcome.job_ref.to_dict() if outcome.job_ref else None)
@@ -230,6 +231,8 @@ class MlflowTracker:
                      for flag, is_set in outcome.flags.items()})
         if outcome.stopped_after_epoch is not None:
             tags["gemini_sweep.stopped_after_epoch"] = str(outcome.stopped_after_epoch)
+        if outcome.state is optuna.trial.TrialState.PRUNED:
+            tags.update(prune_tags(outcome, info.settings.get("pruner")))
         if outcome.fail_reason:
             tags["gemini_sweep.fail_reason"] = outcome.fail_reason[:_MAX_TAG_CHARS]
         if outcome.eval_error:

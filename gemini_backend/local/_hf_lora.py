@@ -2,8 +2,8 @@
 
 Used when ``base_model`` is a directory holding a ``transformers`` checkpoint and tokenizer.
 Only the LoRA adapters train (``peft``, every linear layer but the head); each epoch's adapter
-is saved with ``save_pretrained`` so it stays small. Needs the ``local`` extra
-(``pip install 'gemini-sweep[local]'``). Nothing is downloaded: files load with
+is saved with ``save_pretrained`` so it stays small. Needs the ``local`` and ``hf`` extras
+(``pip install 'gemini-sweep[local,hf]'``). Nothing is downloaded: files load with
 ``local_files_only=True``.
 """
 
@@ -32,7 +32,7 @@ def _import_hf() -> tuple[Any, Any, Any]:
     except ImportError as exc:
         raise InvalidRequestError(
             "base_model: a Hugging Face model directory needs transformers and peft: "
-            "pip install 'gemini-sweep[local]'"
+            "pip install 'gemini-sweep[local,hf]'"
         ) from exc
     return transformers.AutoModelForCausalLM, transformers.AutoTokenizer, peft
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 
 import typer
@@ -28,15 +29,28 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+# A pipe or a log file gets whole lines (rich would wrap them at 80 columns); a terminal
+# keeps rich's word wrapping. Tables still fit the width.
+console.soft_wrap = not console.is_terminal
+err_console.soft_wrap = not err_console.is_terminal
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Configure logging once, in the CLI only; library modules never add handlers."""
+    """Configure logging once, in the CLI only; library modules never add handlers.
+
+    On a terminal, rich's aligned records; elsewhere (a log file, CI) one plain line per
+    record with its time, never wrapped.
+    """
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = RichHandler(console=err_console, show_path=False, show_time=False,
-                          markup=False, rich_tracebacks=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s",
-                        force=True)
+    handler: logging.Handler
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, show_time=False,
+                              markup=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     for name in ("sweeps", "gemini_backend"):
         logging.getLogger(name).setLevel(level)
 

@@ -1,7 +1,8 @@
-"""Imports every command module so each registers itself on the app."""
+"""Imports every command module (and the app's own options) so each registers itself."""
 
 from __future__ import annotations
 
+from sweeps.cli import _version  # noqa: F401
 from sweeps.cli import export_cmd  # noqa: F401
 from sweeps.cli import report_cmd  # noqa: F401
 from sweeps.cli import run_cmd  # noqa: F401

@@ -13,12 +13,10 @@ from typing import Annotated
 
 import typer
 
-from sweeps import export
 from sweeps.cli._common import app
 from sweeps.cli._common import err_console
 from sweeps.cli._common import user_errors
-from sweeps.config import load_config
-from sweeps.results import config_results
+from sweeps.cli._export_warnings import export_warnings
 
 
 class ExportFormatOption(enum.StrEnum):
@@ -43,6 +41,11 @@ def export_command(
         "else the service's default]")] = None,
 ) -> None:
     with user_errors():
+        # Loaded here, not at start-up: the export pulls in Optuna and the backends' wire code.
+        from sweeps import export
+        from sweeps.config import load_config
+        from sweeps.results import config_results
+
         config = load_config(config_path)
         best = export.best_config(config, config_results(config))
         text = export.render(config, best, fmt.value, base_model=base_model)
@@ -54,6 +57,12 @@ def export_command(
             vertex = export.vertex_export(config, best, base_model=base_model)
             notes += vertex.notes
             files = vertex.files
+        calls_gemini_api = fmt is ExportFormatOption.gemini_api or (
+            fmt in (ExportFormatOption.python, ExportFormatOption.curl)
+            and not export.targets_vertex(config))
+        gemini_api_model = (export.gemini_api_body(config, best, base_model=base_model)
+                            ["baseModel"] if calls_gemini_api else None)
+        warnings = export_warnings(gemini_api_model=gemini_api_model, file_uris=files)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -66,6 +75,9 @@ def export_command(
                       highlight=False)
     for note in notes:
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    for warning in warnings:
+        err_console.print(f"warning: {warning}", style="yellow", markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 def _write_data_files(folder: Path, files: dict[str, bytes]) -> None:

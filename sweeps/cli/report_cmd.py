@@ -10,8 +10,6 @@ import typer
 from sweeps.cli._common import app
 from sweeps.cli._common import console
 from sweeps.cli._common import user_errors
-from sweeps.config import load_config
-from sweeps.report import write_report
 
 
 @app.command("report", help="Write PNG plots and a one-page summary (Markdown) of a sweep.")
@@ -21,6 +19,10 @@ def report_command(
         "--output", "-o", help="the folder to write into (created if missing)")] = Path("report"),
 ) -> None:
     with user_errors():
+        # Loaded here, not at start-up: the report pulls in MLflow and matplotlib.
+        from sweeps.config import load_config
+        from sweeps.report import write_report
+
         config = load_config(config_path)
         files = write_report(config, output)
     console.print(f"wrote {files.summary} and {len(files.images)} plots: "

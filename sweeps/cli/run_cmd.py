@@ -12,9 +12,9 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Annotated
 
-import optuna
 import typer
 from rich.console import Group
 from rich.live import Live
@@ -27,12 +27,12 @@ from sweeps.cli._common import console
 from sweeps.cli._common import err_console
 from sweeps.cli._common import setup_logging
 from sweeps.cli._common import user_errors
-from sweeps.config import SweepConfig
-from sweeps.config import load_config
-from sweeps.runner import ProgressCallback
-from sweeps.runner import SweepProgress
-from sweeps.runner import SweepResult
-from sweeps.runner import run_sweep
+
+if TYPE_CHECKING:
+    from sweeps.config import SweepConfig
+    from sweeps.runner import ProgressCallback
+    from sweeps.runner import SweepProgress
+    from sweeps.runner import SweepResult
 
 _QUIET_LOGGERS = ("mlflow", "alembic", "optuna")
 
@@ -50,16 +50,36 @@ def run_command(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="warnings only")] = False,
 ) -> None:
     setup_logging(verbose, quiet)
-    for name in _QUIET_LOGGERS:  # their INFO lines (table creation, new study) are noise here
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    optuna.logging.set_verbosity(logging.WARNING)
     with user_errors():
+        # MLflow and Optuna set their own log levels when imported: import, then quieten.
+        import sweeps.runner  # noqa: F401
+        _quiet_libraries(verbose)
+        from sweeps.config import load_config
+
         config = load_config(config_path, storage=storage, tracking_uri=tracking_uri)
         with _progress_view(is_live=err_console.is_terminal and not quiet) as on_progress:
             result = run_sweep(config, progress=on_progress)
     _print_summary(config_path, config, result)
     if result.is_failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def run_sweep(config: SweepConfig, *, progress: ProgressCallback | None) -> SweepResult:
+    """The runner, imported here: it pulls in MLflow, Optuna and the backends, which the
+    other commands (and ``--help``) do without."""
+    from sweeps.runner import run_sweep as run
+
+    return run(config, progress=progress)
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Their INFO lines (table creation, new study) are noise here."""
+    import optuna
+
+    level = logging.DEBUG if verbose else logging.WARNING
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    optuna.logging.set_verbosity(level)
 
 
 @contextmanager

@@ -2,17 +2,23 @@
 
 Reads only the Optuna study (no backend call, no MLflow), so it is cheap to run while a
 sweep is in progress, from any machine that reaches the storage.
+
+The default table fits an 80-column terminal and a pipe (whose width rich takes as 80):
+short state names explained under the table, no job ids and no empty cost column. `--wide`
+shows every column at its full width, also in a pipe; `--json` is for scripts.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Annotated
 from typing import Any
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from sweeps.cli._common import EXIT_BAD_INPUT
@@ -20,16 +26,16 @@ from sweeps.cli._common import app
 from sweeps.cli._common import console
 from sweeps.cli._common import err_console
 from sweeps.cli._common import user_errors
-from sweeps.config import load_config
-from sweeps.results import SweepResults
-from sweeps.results import TrialRecord
-from sweeps.results import collect_results
-from sweeps.results import config_results
-from sweeps.results import load_study
 
-_JOB_COLUMN_MIN_WIDTH = 110
-_HEADERS = {"learning_rate_multiplier": "lr mult", "batch_size": "batch"}
+if TYPE_CHECKING:
+    from sweeps.results import SweepResults
+    from sweeps.results import TrialRecord
+
+_HEADERS = {"learning_rate_multiplier": "lr mult", "batch_size": "batch",
+            "adapter_size": "adapter"}
 _STATE_STYLES = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}
+_STOPPED = "STOPPED"
+_UNLIMITED = 100_000  # columns: to measure a table's natural width
 
 
 @app.command("status", help="Show a sweep's trials, the best one and the budget spent.")
@@ -42,23 +48,38 @@ def status_command(
         "--storage", help="the Optuna storage URL, e.g. sqlite:///.gemini_sweep/optuna.db")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+    wide: Annotated[bool, typer.Option(
+        "--wide", "-w", help="every column (job ids, cost, warm-start sources) at full "
+                             "width, also in a pipe")] = False,
 ) -> None:
     with user_errors():
         results = _results(config_path, study=study, storage=storage)
     if as_json:
         typer.echo(json.dumps(results.to_dict(), indent=2, ensure_ascii=False))
         return
-    # Job ids are long: on a narrow terminal they are left to `--json`.
-    console.print(trials_table(results, show_job=console.width >= _JOB_COLUMN_MIN_WIDTH))
+    _say(f"sweep {results.study_name} ({results.storage})")
+    table = trials_table(results, wide=wide)
+    if wide:  # as wide as the columns need, whatever the terminal or pipe says
+        needed = Console(width=_UNLIMITED).measure(table).maximum
+        Console(width=max(console.width, needed), no_color=console.no_color).print(table)
+    else:
+        console.print(table)
+        _print_legend(results)
     _print_best(results)
     if results.cheapest is not None:
-        console.print(results.cheapest.describe(), markup=False, highlight=False)
+        _say(results.cheapest.describe())
     _print_pareto_front(results)
     _print_budget(results)
 
 
 def _results(config_path: Path | None, *, study: str | None,
              storage: str | None) -> SweepResults:
+    # Optuna and the results module load here, not at start-up: `--help` does without.
+    from sweeps.config import load_config
+    from sweeps.results import collect_results
+    from sweeps.results import config_results
+    from sweeps.results import load_study
+
     if config_path is not None:
         config = load_config(config_path, storage=storage)
         if study is not None and study != config.name:
@@ -71,16 +92,18 @@ def _results(config_path: Path | None, *, study: str | None,
     return collect_results(load_study(study_name=study, storage=storage), storage=storage)
 
 
-def trials_table(results: SweepResults, *, show_job: bool = True) -> Table:
-    """One row per trial: knobs, job, plateau epoch, objective, tokens and cost."""
+def trials_table(results: SweepResults, *, wide: bool = False) -> Table:
+    """One row per trial: knobs, plateau epoch, objective, tokens; with ``wide`` also the
+    job id and cost, and states in full (``COMPLETE (stopped at 5)``)."""
     knob_names = _knob_names(results.trials)
-    table = Table(title=f"sweep {results.study_name} ({results.storage})", box=box.SIMPLE_HEAD)
+    show_cost = wide or any(trial.cost is not None for trial in results.trials)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     fixed = {"justify": "right", "no_wrap": True}
     table.add_column("#", **fixed)
     table.add_column("state", no_wrap=True)
     for name in knob_names:
         table.add_column(_HEADERS.get(name, name), **fixed)
-    if show_job:
+    if wide:
         table.add_column("job", no_wrap=True)
     table.add_column("plateau", **fixed)
     table.add_column("objective", **fixed)
@@ -88,27 +111,49 @@ def trials_table(results: SweepResults, *, show_job: bool = True) -> Table:
     for key in eval_keys:
         table.add_column(key.removeprefix("eval_").replace("_", " "), **fixed)
     table.add_column("tokens", **fixed)
-    table.add_column("cost", **fixed)
+    if show_cost:
+        table.add_column("cost", **fixed)
     best_number = results.best.number if results.best else None
     for trial in results.trials:
-        mark = " *" if trial.number == best_number else ""
-        style = _STATE_STYLES.get(trial.state, "")
+        mark = "*" if trial.number == best_number else ""
         table.add_row(
-            f"{trial.number}{mark}", _state_text(trial, style),
+            f"{mark}{trial.number}", _state_text(trial, wide=wide),
             *[_fmt(trial.knobs.get(name)) for name in knob_names],
-            *([_short(trial.job_id)] if show_job else []), _fmt(trial.plateau_epoch),
+            *([trial.job_id or "-"] if wide else []), _fmt(trial.plateau_epoch),
             _fmt(trial.value), *[_fmt(trial.eval_scores.get(key)) for key in eval_keys],
-            _tokens(trial), _fmt(trial.cost),
+            _tokens(trial), *([_fmt(trial.cost)] if show_cost else []),
         )
     return table
 
 
-def _state_text(trial: TrialRecord, style: str) -> str:
+def _state_text(trial: TrialRecord, *, wide: bool) -> str:
     # A warm-start copy was run by an earlier sweep: say so, and never star it as best.
-    state = f"WARM ({trial.warm_start_from})" if trial.is_warm_start else trial.state
+    if trial.is_warm_start:
+        return f"WARM ({trial.warm_start_from})" if wide else "WARM"
+    state = trial.state
     if trial.stopped_after_epoch is not None:  # from_curve patience: done, past its plateau
-        state += f" (stopped at {trial.stopped_after_epoch})"
-    return f"[{style}]{state}[/]" if style and not trial.is_warm_start else state
+        state = (f"{state} (stopped at {trial.stopped_after_epoch})" if wide
+                 else f"{_STOPPED}@{trial.stopped_after_epoch}")
+    style = _STATE_STYLES.get(trial.state)
+    return f"[{style}]{state}[/]" if style else state
+
+
+def _print_legend(results: SweepResults) -> None:
+    """What the default view abbreviates, said once under the table."""
+    notes = []
+    if results.best is not None:
+        notes.append("* best")
+    if any(t.stopped_after_epoch is not None for t in results.trials if not t.is_warm_start):
+        notes.append(f"{_STOPPED}@k: complete, its job stopped after epoch k, past its "
+                     "plateau")
+    if any(t.is_warm_start for t in results.trials):
+        notes.append("WARM: run by an earlier sweep")
+    notes.append("--wide: job ids and every column")
+    _say("; ".join(notes), style="dim")
+
+
+def _say(text: str, *, style: str | None = None) -> None:
+    console.print(text, markup=False, highlight=False, style=style)
 
 
 def _print_best(results: SweepResults) -> None:
@@ -179,8 +224,3 @@ def _tokens(trial: TrialRecord) -> str:
         return f"~{trial.estimated_tokens:,}"
     return "-"
 
-
-def _short(job_id: str | None, *, width: int = 24) -> str:
-    if not job_id:
-        return "-"
-    return job_id if len(job_id) <= width else "…" + job_id[-(width - 1):]

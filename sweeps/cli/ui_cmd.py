@@ -9,6 +9,7 @@ exits 0. A sweep tracked on a remote MLflow server needs no local UI: its URL is
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -19,16 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import requests
 import typer
 
-from sweeps._tracking_writer import artifact_root_for
+from sweeps.cli._common import EXIT_BAD_INPUT
 from sweeps.cli._common import EXIT_FAILED
 from sweeps.cli._common import app
 from sweeps.cli._common import console
 from sweeps.cli._common import err_console
 from sweeps.cli._common import user_errors
-from sweeps.config import load_config
 
 HOST = "127.0.0.1"
 _START_TIMEOUT_S = 90.0
@@ -45,12 +44,21 @@ def ui_command(
         "--workers", min=1, help="server worker processes")] = 1,
 ) -> None:
     with user_errors():
+        from sweeps.config import load_config
+
         config = load_config(config_path)
     tracking_uri = config.tracking_url
     if tracking_uri.startswith(("http://", "https://")):
         url = experiment_url(tracking_uri.rstrip("/"), config.name)
         console.print(f"the sweep is tracked on an MLflow server: {url}", markup=False)
         return
+    if port and port_in_use(port):
+        # Said before the server starts: otherwise the server fails only after a long start.
+        err_console.print(f"error: port {port} on {HOST} is already in use (another "
+                          f"`gemini-sweep ui` or MLflow server?); choose another with "
+                          f"`--port {port + 1}`, or `--port 0` for any free port",
+                          markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
     chosen_port = port or free_port()
     argv = server_argv(tracking_uri, port=chosen_port, workers=workers)
     log_path = config.state_dir / "mlflow-ui.log"
@@ -78,6 +86,8 @@ def ui_command(
 def server_argv(tracking_uri: str, *, port: int, workers: int) -> list[str]:
     """``mlflow server`` on the sweep's store; new experiments' artifacts go where the
     tracker puts them (``mlartifacts`` next to a SQLite store)."""
+    from sweeps._tracking_writer import artifact_root_for  # imports MLflow: only when needed
+
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
             "--host", HOST, "--port", str(port), "--workers", str(workers)]
     artifact_root = artifact_root_for(tracking_uri)
@@ -133,6 +143,8 @@ def _tail(path: Path, *, n_lines: int = 15) -> str:
 def wait_until_up(base_url: str, server: subprocess.Popen[bytes], *,
                   timeout_s: float = _START_TIMEOUT_S) -> bool:
     """Probe ``/health`` until it answers 200, the process dies, or ``timeout_s`` passes."""
+    import requests
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -147,6 +159,8 @@ def wait_until_up(base_url: str, server: subprocess.Popen[bytes], *,
 def experiment_url(base_url: str, name: str) -> str:
     """The UI URL of experiment ``name``, found through MLflow's REST API; the UI's home
     page when the sweep has not written its experiment yet."""
+    import requests
+
     try:
         reply = requests.get(f"{base_url}/api/2.0/mlflow/experiments/get-by-name",
                              params={"experiment_name": name}, timeout=10)
@@ -159,6 +173,18 @@ def experiment_url(base_url: str, name: str) -> str:
     experiment_id = reply.json()["experiment"]["experiment_id"]
     # The runs tab: MLflow 3 opens an experiment on its GenAI traces overview otherwise.
     return f"{base_url}/#/experiments/{experiment_id}/runs"
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something listens on ``port`` of 127.0.0.1 (a port only in TIME_WAIT after a
+    server stopped counts as free, as it does for the server, which sets SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+        return False
 
 
 def free_port() -> int:

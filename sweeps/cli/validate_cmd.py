@@ -10,6 +10,7 @@ import enum
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Annotated
 
 import typer
@@ -20,10 +21,10 @@ from sweeps.cli._common import app
 from sweeps.cli._common import console
 from sweeps.cli._common import err_console
 from sweeps.cli._common import user_errors
-from sweeps.config import load_config
-from sweeps.dataset import DatasetReport
-from sweeps.dataset import LengthStats
-from sweeps.dataset import validate_dataset
+
+if TYPE_CHECKING:
+    from sweeps.dataset import DatasetReport
+    from sweeps.dataset import LengthStats
 
 _CONFIG_SUFFIXES = (".yaml", ".yml")
 
@@ -68,6 +69,8 @@ def validate_command(
         "--json", help="print a machine-readable report")] = False,
 ) -> None:
     with user_errors():
+        from sweeps.dataset import validate_dataset
+
         chosen = _resolve(dataset, backend=backend.value if backend else None,
                           preamble=preamble, validation_split=validation_split, seed=seed)
         report = validate_dataset(chosen.dataset, preamble=chosen.preamble,
@@ -87,6 +90,8 @@ def _resolve(target: Path, *, backend: str | None, preamble: str | None,
     if target.suffix.lower() not in _CONFIG_SUFFIXES:
         return _Target(target, backend or "local", preamble or "", validation_split or 0.0,
                        seed or 0)
+    from sweeps.config import load_config
+
     config = load_config(target)
     section = config.dataset
     return _Target(

@@ -180,6 +180,56 @@ def test_status_table_by_study_and_storage(gemini_config: Path) -> None:
     assert "20,000 training tokens spent, 4,000 committed" in result.stdout
 
 
+def status_in_a_pipe(*args: str) -> str:
+    """`gemini-sweep status` as a user pipes it (`| less`, `> status.txt`): 80 columns."""
+    done = subprocess.run([sys.executable, "-c", "from sweeps.cli import main; main()",
+                           "status", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "80"}, check=True)
+    return done.stdout
+
+
+def every_kind_of_trial(config_path: Path) -> None:
+    """Stopped past its plateau (the best), pruned, failed, running, warm-started, with the
+    long job ids and 7-digit token counts of a real sweep."""
+    study = make_study(config_path)
+    long_tokens = 1_234_567
+    add_trial(study, TrialState.COMPLETE, value=0.412345, plateau=4, epochs=8, lr=0.123456,
+              tokens=long_tokens, stopped_after_epoch=6)
+    add_trial(study, TrialState.PRUNED, tokens=long_tokens)
+    add_trial(study, TrialState.FAIL, tokens=long_tokens, fail_reason="the job ended FAILED")
+    add_trial(study, TrialState.COMPLETE, value=0.9, plateau=3, tokens=long_tokens,
+              warm_start_from="earlier.yaml#3")
+    add_trial(study, TrialState.RUNNING, tokens=long_tokens)
+
+
+def test_status_fits_80_columns_in_a_pipe_and_says_what_it_abbreviates(
+        gemini_config: Path) -> None:
+    every_kind_of_trial(gemini_config)
+    table = status_in_a_pipe(str(gemini_config))
+    lines = table.splitlines()
+    rows = lines[1:lines.index(next(line for line in lines if line.startswith("* best")))]
+    assert len(rows) == 2 + 5 + 2 and max(len(row) for row in rows) <= 80, table
+    assert "…" not in table, table  # nothing cut: every value is whole
+    row = next(line for line in lines if line.split()[:1] == ["*0"])  # the best, marked
+    assert row.split()[1:] == ["STOPPED@6", "8", "0.1235", "4", "4", "0.4123", "1,234,567"]
+    assert "STOPPED@k: complete, its job stopped after epoch k" in table
+    assert "WARM: run by an earlier sweep" in table
+    for state in ("PRUNED", "FAIL", "RUNNING", "WARM"):
+        assert f" {state} " in table
+    # The lines under the table are whole lines (a pager or editor wraps them), not cut
+    # into 80-column pieces.
+    best = next(line for line in lines if line.startswith("best: trial 0"))
+    assert best.endswith("plateau at epoch 4"), table
+
+
+def test_status_wide_shows_every_column_whole_even_in_a_pipe(gemini_config: Path) -> None:
+    every_kind_of_trial(gemini_config)
+    table = status_in_a_pipe(str(gemini_config), "--wide")
+    assert "…" not in table, table
+    assert "COMPLETE (stopped at 6)" in table and "WARM (earlier.yaml#3)" in table
+    assert "tunedModels/job-4" in table and " cost " in table
+
+
 def test_status_unknown_study_names_the_ones_there(gemini_config: Path) -> None:
     mixed_study(gemini_config)
     storage = load_config(gemini_config).storage_url
@@ -322,6 +372,34 @@ def test_vertex_body_and_data_files(tmp_path: Path) -> None:
     compile(snippet, "vertex_create.py", "exec")
     assert "europe-west4-aiplatform.googleapis.com" in snippet
     assert f"gcloud storage cp train.jsonl {spec['trainingDatasetUri']}" in snippet
+
+
+@pytest.mark.parametrize("fmt", ["gemini-api", "python", "curl"])
+def test_a_gemini_api_export_on_a_retired_base_model_warns(gemini_config: Path,
+                                                           fmt: str) -> None:
+    mixed_study(gemini_config)  # the config names no base model: the service's old default
+    result = invoke("export", gemini_config, "-f", fmt)
+    assert result.exit_code == 0, result.output
+    assert ("warning: base model models/gemini-1.5-flash-001-tuning is retired and the "
+            "Gemini API has had no tunable base model since May 2025") in result.stderr
+    assert "`--format vertex`" in result.stderr
+    assert "warning" not in result.stdout  # the export itself stays clean for a pipe
+    chosen = invoke("export", gemini_config, "-f", fmt, "--base-model", "models/tunable-002")
+    assert chosen.exit_code == 0 and "warning" not in chosen.stderr, chosen.stderr
+
+
+def test_a_vertex_export_without_a_bucket_warns_about_the_placeholder(tmp_path: Path) -> None:
+    replay = write_config(tmp_path / "replay", {"kind": "replay", "curves": "c.json"})
+    mixed_study(replay)
+    result = invoke("export", replay, "-f", "vertex", "-o", tmp_path / "out" / "vertex.json")
+    assert result.exit_code == 0, result.output
+    assert "warning: the body names gs://YOUR_BUCKET/gemini-sweep/datasets/" in result.stderr
+    assert "Replace it with your bucket" in result.stderr
+    with_bucket = write_config(tmp_path / "vertex", {"kind": "vertex", "project": "p",
+                                                     "bucket": "bkt"})
+    mixed_study(with_bucket)
+    result = invoke("export", with_bucket, "-f", "vertex")
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("fmt", ["yaml", "json", "gemini-api", "vertex", "python", "curl"])

@@ -11,6 +11,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -163,3 +164,25 @@ def test_ctrl_c_stops_the_server_cleanly(ui: tuple[UiProcess, str]) -> None:
     assert "stopping the MLflow UI" in "".join(process.output)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{base}/health", timeout=5)
+
+
+def test_a_busy_port_fails_at_once_naming_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    shutil.copy(REPO_ROOT / "configs/data/next_number.jsonl", tmp_path / "data")
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({"name": "busy", "backend": {"kind": "local"},
+                                      "dataset": {"path": "data/next_number.jsonl"}}),
+                      encoding="utf-8")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other_server:
+        other_server.bind(("127.0.0.1", 0))
+        other_server.listen()
+        port = other_server.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-c", "from sweeps.cli import main; main()", "ui", str(config),
+             "--port", str(port)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"error: port {port} on 127.0.0.1 is already in use (another `gemini-sweep ui` or "
+        f"MLflow server?); choose another with `--port {port + 1}`, or `--port 0` for any "
+        "free port")
+    assert not (tmp_path / ".gemini_sweep" / "mlflow-ui.log").exists()  # no server started
