@@ -43,6 +43,7 @@ from sweeps._trial_state import TrialOutcome
 from sweeps.config import SweepConfig
 from sweeps.fidelity import curve_patience
 from sweeps.fidelity import plateau_passed
+from sweeps.plateau import ended_epoch_losses
 from sweeps.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ class SweepLoop:
         """Report each newly ended epoch's loss; True when the pruner wants the trial gone."""
         if self._is_multi_objective:
             return False
-        losses = ts.completed_epoch_losses(job.snapshots, is_terminal=is_terminal,
+        losses = ended_epoch_losses(job.snapshots, is_terminal=is_terminal,
                                            use_eval=self._use_eval)
         new_epochs = [e for e in sorted(losses) if e not in job.reported_epochs]
         for epoch in new_epochs:
@@ -339,7 +340,7 @@ class SweepLoop:
         """The last ended epoch, when from_curve patience says the job is past its plateau."""
         if self._patience is None:
             return None
-        losses = ts.completed_epoch_losses(job.snapshots, is_terminal=False,
+        losses = ended_epoch_losses(job.snapshots, is_terminal=False,
                                            use_eval=self._use_eval)
         return max(losses) if plateau_passed(losses, self._patience) else None
 

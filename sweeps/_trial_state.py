@@ -8,7 +8,6 @@ trial user attribute, written before (key) and right after (job reference) the s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -171,27 +170,3 @@ class TrialOutcome:
             attrs[ATTR_CHECKPOINTS] = [{"checkpoint_id": c.checkpoint_id, "epoch": c.epoch,
                                      "step": c.step} for c in self.checkpoints]
         return attrs
-
-
-def completed_epoch_losses(
-    snapshots: Sequence[LossSnapshot], *, is_terminal: bool, use_eval: bool
-) -> dict[int, float]:
-    """The loss of each epoch that has ended: eval loss when validating, else the epoch's
-    mean train loss.
-
-    An epoch has ended when a later one started or the job is terminal; when validating,
-    also as soon as its eval loss arrived, since backends measure it at the end of the epoch
-    (the :class:`LossSnapshot` contract). That lets a pruner or patience cancel the job at
-    the end of epoch k instead of one poll into epoch k + 1, which is paid for.
-    """
-    last_epoch = max((s.epoch for s in snapshots), default=0)
-    train: dict[int, list[float]] = {}
-    evals: dict[int, float] = {}
-    for snap in snapshots:
-        train.setdefault(snap.epoch, []).append(snap.loss)
-        if snap.eval_loss is not None:
-            evals[snap.epoch] = snap.eval_loss
-    if use_eval:
-        return {e: evals[e] for e in sorted(evals)}
-    ended = [e for e in sorted(train) if e < last_epoch or is_terminal]
-    return {e: sum(train[e]) / len(train[e]) for e in ended}

@@ -1,0 +1,75 @@
+"""Each rule of the sweep has one home: the loop, the record, the summary and the results
+read the same function, so they cannot disagree."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import optuna
+import pytest
+
+from gemini_backend import LossSnapshot
+from sweeps.plateau import ended_epoch_losses
+from sweeps.plateau import epoch_means
+from sweeps.runner import open_study
+from sweeps.runner import run_sweep
+from sweeps.tracking import NullTracker
+from tests.sweeps_tests.fake_backend import FakeBackend
+
+TrialState = optuna.trial.TrialState
+
+
+class NanStepBackend(FakeBackend):
+    """One step of every job reports a NaN loss (and is re-polled twice), as a service that
+    logs a diverged micro-batch does; every other step is finite."""
+
+    def _snapshots(self, request, count):
+        snaps = list(super()._snapshots(request, count))
+        if len(snaps) >= 2:
+            snaps[1] = dataclasses.replace(snaps[1], loss=math.nan)
+            snaps.insert(0, snaps[0])  # the same step reported twice
+        return tuple(snaps)
+
+
+class RecordingTracker(NullTracker):
+    def __init__(self):
+        self.outcomes = []
+
+    def record_trial(self, outcome):
+        self.outcomes.append(outcome)
+        return None
+
+
+def test_one_nan_step_is_seen_the_same_way_by_pruner_patience_and_curve(make_config, clock):
+    """A NaN step among finite ones: the pruner is reported the recorded curve's numbers
+    and prunes nothing (the curve is clean); patience reads the same numbers."""
+    config = make_config(n_trials=3, concurrency=3,
+                         search_space={"epochs": {"value": 3},
+                                       "learning_rate_multiplier": {"low": 0.9, "high": 1.1}},
+                         dataset={"path": "data.jsonl", "validation_split": 0.0},
+                         pruner={"kind": "behind_leader", "ratio": 1.3, "min_epochs": 1})
+    backend = NanStepBackend(clock=clock)
+    tracker = RecordingTracker()
+    run_sweep(config, backend=backend, tracker=tracker, clock=clock, sleep=clock.sleep)
+
+    trials = open_study(config).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    by_number = {o.number: o for o in tracker.outcomes}
+    for trial in trials:
+        reported = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
+        curve = by_number[trial.number].train_epoch_loss
+        assert all(math.isfinite(v) for v in curve)
+        assert reported == pytest.approx(list(curve))
+
+
+def test_ended_epoch_losses_are_the_recorded_epoch_means():
+    snaps = [LossSnapshot(step=1, epoch=1, loss=2.0), LossSnapshot(step=1, epoch=1, loss=2.0),
+             LossSnapshot(step=2, epoch=1, loss=math.nan), LossSnapshot(step=3, epoch=1, loss=1.0),
+             LossSnapshot(step=4, epoch=2, loss=0.8), LossSnapshot(step=5, epoch=2, loss=0.6),
+             LossSnapshot(step=6, epoch=3, loss=0.5)]
+    seen = ended_epoch_losses(snaps, is_terminal=False, use_eval=False)
+    train, _ = epoch_means(snaps)
+    assert seen == {1: pytest.approx(1.5), 2: pytest.approx(0.7)}
+    assert [seen[1], seen[2]] == train[:2]
+    assert ended_epoch_losses(snaps, is_terminal=True, use_eval=False)[3] == train[2]
