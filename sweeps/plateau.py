@@ -65,7 +65,7 @@ def epoch_means(
     """
     train, evals = _per_epoch(snapshots)
     epochs = sorted(train)
-    has_every_eval = all(e in evals for e in epochs)
+    has_every_eval = bool(epochs) and all(e in evals for e in epochs)
     return [train[e] for e in epochs], [evals[e] for e in epochs] if has_every_eval else None
 
 
