@@ -19,7 +19,7 @@ import threading
 
 ENV_VAR = "GEMINI_SWEEP_CRASH_AT"
 #: The named sites, in the order a trial passes them.
-POINTS = ("after_submit", "after_job_ref", "mid_record", "before_tell")
+POINTS = ("after_submit", "after_job_ref", "after_cancel_reason", "mid_record", "before_tell")
 
 _lock = threading.Lock()
 _hits: dict[str, int] = {}

@@ -24,7 +24,6 @@ import optuna
 from gemini_backend import BackendError
 from gemini_backend import BaseBackend
 from gemini_backend import JobNotFound
-from gemini_backend import JobState
 from gemini_backend import JobStatus
 from gemini_backend import TransientError
 from sweeps import _trial_state as ts
@@ -308,21 +307,23 @@ class SweepLoop:
         job.next_poll_s = self._clock() + job.interval_s
         is_terminal = status.state.is_terminal()
         should_prune = self._report_epochs(job, is_terminal=is_terminal)
-        # Cancelled by our pruner in a process that died before recording it: still pruned.
-        was_pruned_before = (status.state is JobState.CANCELLED and bool(job.reported_epochs)
-                             and self._can_prune and job.trial.should_prune())
-        job.pruned = job.pruned or was_pruned_before
-        # Likewise stopped past its plateau (from_curve patience): it completes, not fails.
-        was_stopped_before = status.state is JobState.CANCELLED and not job.pruned
-        if was_stopped_before and job.stopped_after_epoch is None:
-            job.stopped_after_epoch = self._plateau_passed_at(job)
         if is_terminal:
+            # A cancel the sweep decided carries its stored reason (read back on resume, never
+            # asked of the pruner again); a CANCELLED job without one was cancelled outside.
             self._finish_or_evaluate(job, outcome_of(self.ctx.config, job,
                                                      final_state=status.state))
+        elif job.cancel_reason is not None:
+            self._cancel_and_finish(job)  # decided before a restart: it may not have landed
         elif should_prune:
-            self._prune(job)
+            self._decide_cancel(job, ts.CancelReason(
+                ts.CANCEL_PRUNED, max(job.reported_epochs),
+                f"pruned after epoch {max(job.reported_epochs)}"))
         elif (passed_at := self._plateau_passed_at(job)) is not None:
-            self._stop_at_plateau(job, passed_at)
+            # from_curve patience: the job is past its plateau; it completes on the epochs
+            # that had ended, not pruned: its best epoch is known.
+            self._decide_cancel(job, ts.CancelReason(
+                ts.CANCEL_STOPPED, passed_at,
+                f"stopped after epoch {passed_at}: {self._patience} epochs without a new best"))
 
     def _report_epochs(self, job: InFlight, *, is_terminal: bool) -> bool:
         """Report each newly ended epoch's loss; True when the pruner wants the trial gone."""
@@ -344,22 +345,17 @@ class SweepLoop:
                                            use_eval=self._use_eval)
         return max(losses) if plateau_passed(losses, self._patience) else None
 
-    def _prune(self, job: InFlight) -> None:
-        assert job.ref is not None
-        self._cancel(job)
-        logger.info("trial=%d job=%s pruned after epoch %d", job.number, job.ref.job_id,
-                    max(job.reported_epochs))
-        job.pruned = True
-        self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
+    def _decide_cancel(self, job: InFlight, reason: ts.CancelReason) -> None:
+        """Store why the job is cancelled on its trial, then cancel it (invariant 1)."""
+        job.cancel_reason = reason
+        job.trial.set_user_attr(ts.ATTR_CANCEL_REASON, reason.to_dict())
+        crash_point("after_cancel_reason")
+        self._cancel_and_finish(job)
 
-    def _stop_at_plateau(self, job: InFlight, last_epoch: int) -> None:
-        """from_curve patience: the job is past its plateau; it completes on the epochs that
-        had ended (``last_epoch``), not pruned: its best epoch is known."""
-        assert job.ref is not None
-        job.stopped_after_epoch = last_epoch
+    def _cancel_and_finish(self, job: InFlight) -> None:
+        assert job.ref is not None and job.cancel_reason is not None
         self._cancel(job)
-        logger.info("trial=%d job=%s stopped after epoch %s: %d epochs without a new best",
-                    job.number, job.ref.job_id, job.stopped_after_epoch, self._patience)
+        logger.info("trial=%d job=%s %s", job.number, job.ref.job_id, job.cancel_reason.message)
         self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
 
     def _cancel(self, job: InFlight) -> None:

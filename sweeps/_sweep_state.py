@@ -229,7 +229,8 @@ class SweepState:
             job = self._commit(InFlight(trial=trial, knobs=knobs, key=key,
                                         estimate_tokens=estimate, ref=ref, next_poll_s=now_s,
                                         submit_attempts=1 if was_submitted else 0,
-                                        reported_epochs=set(frozen.intermediate_values)))
+                                        reported_epochs=set(frozen.intermediate_values),
+                                        cancel_reason=ts.stored_cancel_reason(frozen)))
             self.in_flight[job.number] = job
             logger.info("trial=%d re-attached (job=%s)", frozen.number,
                         ref.job_id if ref else "looked up by key")

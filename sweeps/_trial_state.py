@@ -47,6 +47,14 @@ ATTR_COST = "cost"
 ATTR_STOPPED_AFTER = "stopped_after_epoch"
 #: Checkpoints the service kept ``[{"checkpoint_id", "epoch", "step"}]`` (Vertex, local).
 ATTR_CHECKPOINTS = "checkpoints"
+#: Why the sweep cancelled the trial's job, written *before* the cancel call (invariant 1):
+#: ``{"kind": "pruned" | "stopped" | "user" | "budget", "epoch": int | None, "message": str}``.
+#: A resumed sweep reads it back instead of asking the pruner again.
+ATTR_CANCEL_REASON = "cancel_reason"
+CANCEL_PRUNED = "pruned"
+CANCEL_STOPPED = "stopped"  # from_curve patience: past its plateau; the trial completes
+CANCEL_USER = "user"
+CANCEL_BUDGET = "budget"
 #: Study user attribute: a random id that makes idempotency keys unique to this study.
 STUDY_ATTR_SWEEP_ID = "gemini_sweep.sweep_id"
 
@@ -64,6 +72,32 @@ def idempotency_key(study_name: str, sweep_id: str, trial_number: int) -> str:
 def stored_job_ref(trial: optuna.trial.FrozenTrial) -> JobRef | None:
     data = trial.user_attrs.get(ATTR_JOB_REF)
     return JobRef.from_dict(data) if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReason:
+    """Why the sweep cancelled a job: ``kind`` (``CANCEL_*``), the epoch that decided it
+    (the last epoch the trial is scored on), and a line for the user."""
+
+    kind: str
+    epoch: int | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "epoch": self.epoch, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: object) -> CancelReason | None:
+        if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+            return None
+        epoch = data.get("epoch")
+        return cls(kind=data["kind"], epoch=epoch if isinstance(epoch, int) else None,
+                   message=str(data.get("message") or data["kind"]))
+
+
+def stored_cancel_reason(trial: optuna.trial.FrozenTrial) -> CancelReason | None:
+    """The cancel reason written on ``trial`` before its job was cancelled, if any."""
+    return CancelReason.from_dict(trial.user_attrs.get(ATTR_CANCEL_REASON))
 
 
 @dataclass(slots=True)
@@ -88,9 +122,8 @@ class InFlight:
     error_message: str | None = None
     checkpoints: tuple[Checkpoint, ...] = ()
     reported_epochs: set[int] = field(default_factory=set)
-    pruned: bool = False
-    # Set when from_curve patience cancelled the job: the last epoch it is scored on.
-    stopped_after_epoch: int | None = None
+    # Why the sweep cancelled this job (stored on the trial first); None while it runs.
+    cancel_reason: CancelReason | None = None
     last_heartbeat_s: float = -math.inf
 
     @property
@@ -104,6 +137,16 @@ class InFlight:
     @property
     def epochs_completed(self) -> int:
         return max((s.epoch for s in self.snapshots), default=0)
+
+    @property
+    def pruned(self) -> bool:
+        return self.cancel_reason is not None and self.cancel_reason.kind == CANCEL_PRUNED
+
+    @property
+    def stopped_after_epoch(self) -> int | None:
+        """The last epoch of a job from_curve patience cancelled past its plateau."""
+        reason = self.cancel_reason
+        return reason.epoch if reason is not None and reason.kind == CANCEL_STOPPED else None
 
 
 @dataclass(frozen=True, slots=True)

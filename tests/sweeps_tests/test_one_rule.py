@@ -73,3 +73,60 @@ def test_ended_epoch_losses_are_the_recorded_epoch_means():
     assert seen == {1: pytest.approx(1.5), 2: pytest.approx(0.7)}
     assert [seen[1], seen[2]] == train[:2]
     assert ended_epoch_losses(snaps, is_terminal=True, use_eval=False)[3] == train[2]
+
+
+class Killed(BaseException):
+    """The process dies here (not an Exception: nothing in the sweep may catch it)."""
+
+
+class DiesAtCancel(FakeBackend):
+    """The process is killed at the first cancel: before the call reaches the service, or
+    right after it landed (before the trial was recorded)."""
+
+    def __init__(self, *args, landed: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.landed = landed
+        self.armed = True
+
+    def cancel(self, ref):
+        if self.armed and self.landed:
+            super().cancel(ref)
+        if self.armed:
+            self.armed = False
+            raise Killed
+        super().cancel(ref)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["after-cancel", "before-cancel"])
+def test_a_killed_and_resumed_sweep_keeps_the_reason_a_trial_was_cancelled_with(
+        make_config, clock, landed):
+    """The pruner decided at epoch 2 and the process died; the resumed sweep (whose pruner
+    would not prune today: it was switched off) reads the stored reason: PRUNED at epoch 2,
+    never FAIL "cancelled outside the sweep" and never run on to the end."""
+    space = {"epochs": {"value": 4},
+             "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}}
+    config = make_config(n_trials=3, concurrency=1, search_space=space,
+                         pruner={"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 2})
+    study = open_study(config)
+    for multiplier in (1.0, 1.1, 10.0):
+        study.enqueue_trial({"learning_rate_multiplier": multiplier})
+    backend = DiesAtCancel(clock=clock, landed=landed)
+    with pytest.raises(Killed):
+        run_sweep(config, backend=backend, tracker=NullTracker(), clock=clock,
+                  sleep=clock.sleep)
+    bad = open_study(config).get_trials()[2]
+    assert bad.state is TrialState.RUNNING
+    assert bad.user_attrs["cancel_reason"]["kind"] == "pruned"
+
+    resumed = make_config(n_trials=3, concurrency=1, search_space=space)  # no pruner now
+    tracker = RecordingTracker()
+    result = run_sweep(resumed, backend=backend, tracker=tracker, clock=clock,
+                       sleep=clock.sleep)
+    bad = open_study(config).get_trials()[2]
+    assert bad.state is TrialState.PRUNED
+    assert bad.user_attrs["cancel_reason"] == {"kind": "pruned", "epoch": 2,
+                                               "message": "pruned after epoch 2"}
+    assert backend.jobs[bad.user_attrs["idempotency_key"]].cancelled_s is not None
+    (outcome,) = tracker.outcomes
+    assert len(outcome.train_epoch_loss) == 2  # scored on the epochs that decided it
+    assert result.n_pruned == 1 and result.n_complete == 2
