@@ -4,19 +4,19 @@ from sweeps.config import SweepConfig
 from sweeps.config import load_config
 from sweeps.dataset import Dataset
 from sweeps.dataset import load_dataset
-from sweeps.errors import BudgetExhausted
 from sweeps.errors import ConfigError
 from sweeps.errors import DatasetError
+from sweeps.errors import ServiceUnavailable
 from sweeps.errors import SweepError
 from sweeps.errors import TrackingError
 from sweeps.runner import SweepResult
 from sweeps.runner import run_sweep
 
 __all__ = [
-    "BudgetExhausted",
     "ConfigError",
     "Dataset",
     "DatasetError",
+    "ServiceUnavailable",
     "SweepConfig",
     "SweepError",
     "TrackingError",

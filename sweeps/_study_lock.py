@@ -32,7 +32,7 @@ from typing import TypeVar
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from sweeps.errors import SweepError
+from sweeps.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ _FIRST_USE_ATTEMPTS = 5
 T = TypeVar("T")
 
 
-class StorageUnavailable(SweepError):
+class StorageUnavailable(ServiceUnavailable):
     """The study's database stopped answering during a sweep (jobs in flight keep running)."""
 
     @classmethod

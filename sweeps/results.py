@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from sweeps import _trial_state as ts
@@ -35,6 +36,7 @@ from sweeps.config import BudgetConfig
 from sweeps.config import SweepConfig
 from sweeps.cost_frontier import CheapestWithinTolerance
 from sweeps.cost_frontier import cheapest_within
+from sweeps.errors import ServiceUnavailable
 from sweeps.errors import SweepError
 from sweeps.fidelity import ATTR_EPOCHS_MODE
 
@@ -144,6 +146,10 @@ def load_study(*, study_name: str, storage: str) -> optuna.Study:
         raise SweepError(f"storage {shown}: no such file; run `gemini-sweep run CONFIG` first")
     try:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    except sqlalchemy.exc.OperationalError as exc:  # a storage that does not answer
+        first_line = str(exc.orig or exc).strip().splitlines()[0]
+        raise ServiceUnavailable(f"storage {shown}: the database does not answer "
+                                 f"({first_line}); try again when it is back") from None
     except Exception as exc:  # SQLAlchemy and Optuna raise many types for a bad URL
         raise SweepError(f"storage {shown}: cannot be opened ({exc})") from None
     if study_name not in names:

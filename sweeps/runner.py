@@ -223,6 +223,8 @@ def open_study(config: SweepConfig) -> optuna.Study:
         return study
     except ConfigError:
         raise
+    except sqlalchemy.exc.OperationalError as exc:  # a storage that does not answer
+        raise StorageUnavailable.from_error(url, exc) from None
     except Exception as exc:  # SQLAlchemy / Optuna raise many types for a bad storage
         raise ConfigError(f"storage {redact_url(url)}: cannot open the Optuna study "
                           f"{config.name!r}: {exc}") from None

@@ -3,7 +3,8 @@
 On a terminal a rich Live panel shows trials finished / running / pruned / failed, the best
 so far and each running job's state and epoch; elsewhere (CI, a log file) the runner's log
 lines are the progress. Exit codes: 0 done, 1 stopped on failures, 2 bad config or input,
-130 interrupted (jobs in flight keep running; the same command collects them).
+3 a service unreachable or failing, 130 interrupted (jobs in flight keep running; the same
+command collects them).
 """
 
 from __future__ import annotations

@@ -130,3 +130,39 @@ def test_a_killed_and_resumed_sweep_keeps_the_reason_a_trial_was_cancelled_with(
     (outcome,) = tracker.outcomes
     assert len(outcome.train_epoch_loss) == 2  # scored on the epochs that decided it
     assert result.n_pruned == 1 and result.n_complete == 2
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_service_exits_with_the_outage_code_not_bad_input(
+        tmp_path, monkeypatch):
+    """Nothing listens at the service's address: after its retries, `run` exits 3 (try
+    again later), not 2 (fix your config), and says which call could not connect."""
+    from typer.testing import CliRunner
+
+    from sweeps.cli import app
+    from sweeps.cli._common import EXIT_UNAVAILABLE
+    from tests.sweeps_tests.conftest import write_config
+
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key-not-secret")
+    config_path = write_config(tmp_path, backend={
+        "kind": "gemini-api", "base_url": f"http://127.0.0.1:{_closed_port()}",
+        "max_retries": 0, "timeout_s": 2})
+    result = CliRunner().invoke(app, ["run", str(config_path), "-q"])
+    assert result.exit_code == EXIT_UNAVAILABLE == 3, result.output
+    assert "connection failed" in result.output
+
+
+def test_help_documents_the_outage_exit_code():
+    from typer.testing import CliRunner
+
+    from sweeps.cli import app
+
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "3 a service is unreachable or failing" in result.output
