@@ -198,13 +198,6 @@ def objective_values(config: SweepConfig, outcome: TrialOutcome) -> list[float]:
     return values
 
 
-def is_better(config: SweepConfig, value: float, than: float | None) -> bool:
-    """Whether ``value`` of the quality objective beats ``than`` (None: anything does)."""
-    if than is None:
-        return True
-    return value > than if is_score_objective(config.objectives[0]) else value < than
-
-
 class EvaluationRunner:
     """Evaluations in flight for the sweep loop, on their own worker threads."""
 

@@ -8,7 +8,6 @@ them, so nothing depends on the memory of a process that may have been killed.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,7 +17,6 @@ import optuna
 
 from sweeps import _trial_state as ts
 from sweeps import budget
-from sweeps._eval_run import is_better
 from sweeps._eval_run import objective_values
 from sweeps._trial_state import InFlight
 from sweeps._trial_state import TrialOutcome
@@ -26,6 +24,9 @@ from sweeps.config import SweepConfig
 from sweeps.fidelity import ATTR_EPOCHS_MODE
 from sweeps.fidelity import FROM_CURVE
 from sweeps.fidelity import is_from_curve
+from sweeps.results import TrialRecord
+from sweeps.results import pick_best
+from sweeps.results import trial_record
 from sweeps.search_space import grid_size
 from sweeps.search_space import min_epochs
 from sweeps.search_space import suggest_knobs
@@ -95,13 +96,19 @@ class SweepState:
         self.is_failed = False
         self._no_more_trials = False
         self._ahead: deque[InFlight] = deque()
-        # By the quality objective (values[0]: `value` raises in multi-objective studies).
-        self.best_number: int | None = None
-        self.best_value: float | None = None
-        for t in finished:
-            if t.state is TrialState.COMPLETE and t.values and is_better(
-                    config, t.values[0], self.best_value):
-                self.best_number, self.best_value = t.number, t.values[0]
+        # One rule with status and export (sweeps.results.pick_best).
+        self._maximize = config.directions[0] == "maximize"
+        self.best: TrialRecord | None = pick_best(
+            (trial_record(t) for t in finished if t.state is TrialState.COMPLETE),
+            maximize=self._maximize)
+
+    @property
+    def best_number(self) -> int | None:
+        return self.best.number if self.best is not None else None
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best.value if self.best is not None else None
 
     @property
     def n_finished(self) -> int:
@@ -276,20 +283,25 @@ class SweepState:
             trial.set_user_attr(key, value)
         # skip_if_finished: another worker of the same study may have told it already.
         if outcome.state is TrialState.COMPLETE:
-            study.tell(trial, objective_values(self.config, outcome), skip_if_finished=True)
-            self._completed(outcome)
+            values = objective_values(self.config, outcome)
+            study.tell(trial, values, skip_if_finished=True)
+            self._completed(outcome, values)
         else:
             study.tell(trial, state=outcome.state, skip_if_finished=True)
             self._not_completed(outcome)
 
-    def _completed(self, outcome: TrialOutcome) -> None:
+    def _completed(self, outcome: TrialOutcome, values: list[float]) -> None:
         self.n_complete += 1
-        value = outcome.value if outcome.value is not None else math.inf
-        if is_better(self.config, value, self.best_value):
-            self.best_number, self.best_value = outcome.number, value
+        record = TrialRecord(
+            number=outcome.number, state=TrialState.COMPLETE.name, knobs=dict(outcome.knobs),
+            value=values[0], values=tuple(values), plateau_epoch=outcome.plateau_epoch,
+            recommended_epochs=outcome.recommended_epochs,
+            training_tokens=outcome.training_tokens)
+        candidates = [record] if self.best is None else [self.best, record]
+        self.best = pick_best(candidates, maximize=self._maximize)
         logger.info("trial=%d job=%s finished: %s=%.4g, plateau at epoch %s", outcome.number,
                     outcome.job_ref.job_id if outcome.job_ref else "-", self.config.objective,
-                    value, outcome.plateau_epoch)
+                    values[0], outcome.plateau_epoch)
 
     def _not_completed(self, outcome: TrialOutcome) -> None:
         if outcome.state is TrialState.PRUNED:

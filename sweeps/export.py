@@ -46,6 +46,7 @@ from sweeps.fidelity import FROM_CURVE
 from sweeps.fidelity import schedule_caveat
 from sweeps.results import SweepResults
 from sweeps.results import TrialRecord
+from sweeps.results import recommended_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def recommend(trial: TrialRecord) -> Recommendation:
     """Epochs to set: the plateau epoch (more if the curve was still falling), with notes."""
     epochs_run = int(trial.knobs.get("epochs") or trial.epochs_completed or 1)
     plateau = trial.plateau_epoch
-    epochs = trial.recommended_epochs or plateau or epochs_run
+    epochs = recommended_epochs(trial)
     flags = dict(trial.flags)
     checkpoint = _checkpoint_of(trial, plateau)
     notes: list[str] = []

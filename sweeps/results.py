@@ -122,6 +122,8 @@ class SweepResults:
             "sweep_id": self.sweep_id,
             "counts": self.counts(),
             "best": self.best.to_dict() if self.best else None,
+            # What to tune with (epochs from the curve); "best.knobs" is what the trial ran.
+            "recommended_knobs": recommended_knobs(self.best) if self.best else None,
             "budget": {"spent_tokens": self.spent_tokens,
                        "committed_tokens": self.committed_tokens,
                        "token_limit": self.token_limit, "spent_cost": self.spent_cost},
@@ -220,6 +222,23 @@ def pick_best(records: Iterable[TrialRecord], *, maximize: bool = False
                                         r.number))
 
 
+def recommended_epochs(trial: TrialRecord) -> int:
+    """The epochs to tune with, from a trial's curve: its recommended epochs (the plateau
+    epoch, more when the curve was still falling), else the epochs it ran.
+
+    The one rule behind every place that names a configuration to use (the run summary,
+    ``status``, the MLflow parent run, ``export``), so a user copying any of them trains the
+    same number of epochs; each shows beside it what the trial ran.
+    """
+    ran = trial.knobs.get("epochs") or trial.epochs_completed or 1
+    return int(trial.recommended_epochs or trial.plateau_epoch or ran)
+
+
+def recommended_knobs(trial: TrialRecord) -> dict[str, Any]:
+    """The trial's knobs with ``epochs`` as :func:`recommended_epochs` says."""
+    return {**trial.knobs, "epochs": recommended_epochs(trial)}
+
+
 def collect_results(study: optuna.Study, *, storage: str = "",
                     budget: BudgetConfig | None = None,
                     cost_tolerance: float | None = None) -> SweepResults:
@@ -309,6 +328,8 @@ __all__ = [
     "load_study",
     "pareto_front",
     "pick_best",
+    "recommended_epochs",
+    "recommended_knobs",
     "redact_url",
     "trial_record",
 ]

@@ -47,6 +47,7 @@ from sweeps.dataset import load_dataset
 from sweeps.errors import ConfigError
 from sweeps.errors import DatasetError
 from sweeps.errors import TrackingError
+from sweeps.results import recommended_knobs
 from sweeps.results import redact_url
 from sweeps.search_space import knob_names
 from sweeps.search_space import make_pruner
@@ -81,7 +82,10 @@ class SweepResult:
     spent_cost: float | None = None
     best_number: int | None = None
     best_value: float | None = None
+    #: The configuration to tune with: the best trial's knobs, ``epochs`` from its curve
+    #: (sweeps.results.recommended_epochs); ``best_params_run`` is what the trial ran.
     best_params: dict[str, Any] = field(default_factory=dict)
+    best_params_run: dict[str, Any] = field(default_factory=dict)
     best_plateau_epoch: int | None = None
     best_run_id: str | None = None
     storage: str = ""
@@ -292,13 +296,11 @@ def _sweep_info(config: SweepConfig, data: PreparedData, sweep_id: str) -> Sweep
 
 def _result(config: SweepConfig, study: optuna.Study, state: SweepState,
             tracker: Tracker) -> SweepResult:
-    best_params: dict[str, Any] = {}
-    plateau_epoch = run_id = None
-    if state.best_number is not None:
-        best = study.get_trials(deepcopy=False)[state.best_number]
-        best_params = dict(best.user_attrs.get(ts.ATTR_KNOBS) or best.params)
-        plateau_epoch = best.user_attrs.get("plateau_epoch")
-        run_id = best.user_attrs.get(ts.ATTR_RUN_ID)
+    best = state.best
+    best_params = recommended_knobs(best) if best is not None else {}
+    best_params_run = dict(best.knobs) if best is not None else {}
+    plateau_epoch = best.plateau_epoch if best is not None else None
+    run_id = best.mlflow_run_id if best is not None else None
     stop_reason = state.stop_reason or f"n_trials: {state.n_finished} trials finished"
     return SweepResult(
         study_name=config.name, n_trials=config.n_trials, n_complete=state.n_complete,
@@ -308,7 +310,7 @@ def _result(config: SweepConfig, study: optuna.Study, state: SweepState,
         committed_tokens=state.committed_tokens,
         spent_cost=cost_of(state.spent_tokens, config.budget), best_number=state.best_number,
         best_value=state.best_value, best_params=best_params,
-        best_plateau_epoch=plateau_epoch, best_run_id=run_id,
+        best_params_run=best_params_run, best_plateau_epoch=plateau_epoch, best_run_id=run_id,
         storage=redact_url(config.storage_url), tracking_uri=tracker_uri(tracker))
 
 
@@ -322,7 +324,7 @@ def _summary(result: SweepResult) -> SweepSummary:
                         n_failed=result.n_failed, spent_tokens=result.spent_tokens,
                         committed_tokens=result.committed_tokens, spent_cost=result.spent_cost,
                         best_number=result.best_number, best_value=result.best_value,
-                        best_params=result.best_params)
+                        best_params=result.best_params, best_params_run=result.best_params_run)
 
 
 __all__ = ["JobProgress", "SweepProgress", "SweepResult", "open_study", "run_sweep"]

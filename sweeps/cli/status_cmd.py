@@ -26,6 +26,7 @@ from sweeps.results import TrialRecord
 from sweeps.results import collect_results
 from sweeps.results import config_results
 from sweeps.results import load_study
+from sweeps.results import recommended_knobs
 
 _JOB_COLUMN_MIN_WIDTH = 110
 _HEADERS = {"learning_rate_multiplier": "lr mult", "batch_size": "batch"}
@@ -116,9 +117,10 @@ def _print_best(results: SweepResults) -> None:
     if best is None:
         console.print("best: no trial has completed yet", markup=False)
         return
-    knobs = ", ".join(f"{k}={_fmt(v)}" for k, v in best.knobs.items())
+    knobs = ", ".join(f"{k}={_fmt(v)}" for k, v in recommended_knobs(best).items())
     flags = [name for name, is_set in best.flags.items() if is_set]
-    console.print(f"best: trial {best.number} objective {_fmt(best.value)} ({knobs}); "
+    console.print(f"best: trial {best.number} objective {_fmt(best.value)}; tune with: {knobs} "
+                  f"(the trial ran {_fmt(best.knobs.get('epochs'))} epochs); "
                   f"plateau at epoch {_fmt(best.plateau_epoch)}"
                   + (f" [{', '.join(flags)}]" if flags else "") + _scores(best),
                   markup=False, highlight=False)

@@ -166,3 +166,70 @@ def test_help_documents_the_outage_exit_code():
 
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert "3 a service is unreachable or failing" in result.output
+
+
+class BilledBackend(FakeBackend):
+    """Reports what each job was billed: the first job more than the others."""
+
+    def _status(self, job):
+        status = super()._status(job)
+        if status.state.is_terminal():
+            first = min(self.jobs.values(), key=lambda j: j.started_s) is job
+            status = dataclasses.replace(status, training_tokens=9000 if first else 5000)
+        return status
+
+
+def test_summary_and_status_name_the_same_best_trial_on_a_tie(make_config, clock):
+    """Two trials with the same objective value: the one that cost fewer tokens is best, in
+    the run summary as in status and export (the summary took the first one)."""
+    from sweeps.results import config_results
+
+    config = make_config(n_trials=2, concurrency=1)
+    study = open_study(config)
+    for _ in range(2):
+        study.enqueue_trial({"learning_rate_multiplier": 1.0})
+    result = run_sweep(config, backend=BilledBackend(clock=clock), tracker=NullTracker(),
+                       clock=clock, sleep=clock.sleep)
+    results = config_results(config)
+    values = [t.value for t in results.trials]
+    assert values[0] == values[1]
+    assert results.best.number == 1  # fewer tokens
+    assert result.best_number == results.best.number
+
+
+def test_summary_status_mlflow_and_export_recommend_the_same_epochs(
+        make_config, clock, seed_mlflow):
+    """The trial ran 8 epochs and its curve plateaus earlier: every place names the
+    plateau's epochs to tune with, and beside it the 8 the trial ran."""
+    import json
+
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from sweeps.cli import app
+    from sweeps.export import best_config
+    from sweeps.results import config_results
+    from sweeps.tracking import MlflowTracker
+
+    config = make_config(n_trials=2, concurrency=1,
+                         search_space={"epochs": {"value": 8},
+                                       "learning_rate_multiplier": {"low": 0.5, "high": 2.0}})
+    seed_mlflow(config)
+    tracker = MlflowTracker(config.tracking_url)
+    result = run_sweep(config, backend=FakeBackend(clock=clock), tracker=tracker,
+                       clock=clock, sleep=clock.sleep)
+    recommended = result.best_params["epochs"]
+    assert recommended < 8 and result.best_params_run["epochs"] == 8
+
+    assert best_config(config, config_results(config)).knobs["epochs"] == recommended
+    client = MlflowClient(tracking_uri=config.tracking_url)
+    tags = client.get_run(tracker.parent_run_id).data.tags
+    assert json.loads(tags["gemini_sweep.best_params"])["epochs"] == recommended
+    assert json.loads(tags["gemini_sweep.best_params_run"])["epochs"] == 8
+    status = CliRunner().invoke(app, ["status", str(config.config_dir / "sweep.yaml")],
+                                env={"COLUMNS": "300"})
+    assert f"tune with: epochs={recommended}" in status.output, status.output
+    assert "the trial ran 8 epochs" in status.output
+    as_json = CliRunner().invoke(app, ["status", str(config.config_dir / "sweep.yaml"),
+                                       "--json"])
+    assert json.loads(as_json.output)["recommended_knobs"]["epochs"] == recommended
