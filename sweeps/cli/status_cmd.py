@@ -119,8 +119,8 @@ def _print_best(results: SweepResults) -> None:
         return
     knobs = ", ".join(f"{k}={_fmt(v)}" for k, v in recommended_knobs(best).items())
     flags = [name for name, is_set in best.flags.items() if is_set]
-    console.print(f"best: trial {best.number} objective {_fmt(best.value)}; tune with: {knobs} "
-                  f"(the trial ran {_fmt(best.knobs.get('epochs'))} epochs); "
+    console.print(f"best: trial {best.number} objective {_fmt(best.value)} (tune with: {knobs}; "
+                  f"the trial ran {_fmt(best.knobs.get('epochs'))} epochs); "
                   f"plateau at epoch {_fmt(best.plateau_epoch)}"
                   + (f" [{', '.join(flags)}]" if flags else "") + _scores(best),
                   markup=False, highlight=False)
