@@ -221,7 +221,8 @@ def open_study(config: SweepConfig) -> optuna.Study:
                 url, engine_kwargs={"creator": functools.partial(connect_sqlite, path)})
         study = retry_first_use(lambda: optuna.create_study(
             study_name=config.name, storage=storage, load_if_exists=True,
-            directions=config.directions, sampler=make_sampler(config),
+            directions=[optuna.study.StudyDirection[d.upper()] for d in config.directions],
+            sampler=make_sampler(config),
             pruner=make_pruner(config)))
         _check_directions(config, study)
         return study

@@ -76,7 +76,7 @@ def trials_table(results: SweepResults, *, show_job: bool = True) -> Table:
     """One row per trial: knobs, job, plateau epoch, objective, tokens and cost."""
     knob_names = _knob_names(results.trials)
     table = Table(title=f"sweep {results.study_name} ({results.storage})", box=box.SIMPLE_HEAD)
-    fixed = {"justify": "right", "no_wrap": True}
+    fixed: dict[str, Any] = {"justify": "right", "no_wrap": True}
     table.add_column("#", **fixed)
     table.add_column("state", no_wrap=True)
     for name in knob_names:
