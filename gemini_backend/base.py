@@ -285,6 +285,17 @@ class BaseBackend(abc.ABC):
         """Checks that need the service (credentials, a tunable base model), run once before
         the first trial so a sweep that cannot work fails before spending anything."""
 
+    def training_tokens_per_epoch(self, train: Sequence[Example]) -> int | None:
+        """The training tokens one epoch over ``train`` is billed for, counted the way this
+        backend (or its service) counts them; None when it cannot tell before a job runs.
+
+        The sweep's budget commits ``epochs`` x this number for a job before submitting it,
+        so a budget is not overrun because an estimate undercounted; with None it falls back
+        to the dataset's own estimate and corrects it from what jobs report.
+        """
+        del train
+        return None
+
     def generate(self, ref: JobRef, prompts: Sequence[str]) -> list[str]:
         """The tuned model's answers to ``prompts`` (for held-out evaluation)."""
         raise BackendError(f"the {self.kind or type(self).__name__} backend cannot generate text")

@@ -83,6 +83,17 @@ class Evaluator:
         self.counts_tokens = backend.kind not in FREE_GENERATION_KINDS
         self._sleep = sleep
 
+    @property
+    def estimated_tokens(self) -> int:
+        """Generation tokens one evaluation is billed for, before it runs: each prompt and
+        an answer as long as the expected one (0 where generation is free). The budget
+        commits it with the trial's training tokens, so an evaluation is paid for before
+        the job that needs it starts."""
+        if not self.counts_tokens:
+            return 0
+        return sum(estimate_tokens(e.text_input or "") + estimate_tokens(e.output)
+                   for e in self.examples)
+
     def evaluate(self, ref: JobRef) -> EvalResult:
         """Answers and scores for every example; never raises for a backend or metric error
         (the result's ``error`` says what went wrong)."""

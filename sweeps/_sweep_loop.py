@@ -300,6 +300,8 @@ class SweepLoop:
                     or status.state is not job.last_state)
         job.snapshots, job.last_state = status.snapshots, status.state
         job.training_tokens = status.training_tokens
+        if not status.state.is_terminal():
+            self.state.job_reported(job)
         job.error_message = status.error_message
         job.checkpoints = status.checkpoints
         job.interval_s = (self._base_interval_s if has_news

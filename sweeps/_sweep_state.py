@@ -160,7 +160,8 @@ class SweepState:
 
     def _ask(self, ctx: SweepContext, now_s: float) -> InFlight | None:
         """Ask Optuna for a trial the budget can pay for; store its key before any submit."""
-        cheapest = self.tokens_per_epoch * min_epochs(self.config.search_space)
+        eval_estimate = ctx.evaluator.estimated_tokens if ctx.evaluator is not None else 0
+        cheapest = self.tokens_per_epoch * min_epochs(self.config.search_space) + eval_estimate
         check = self._check_budget(cheapest)
         if not check.fits:
             if not self.in_flight:  # nothing will come back to free budget: stop here
@@ -171,7 +172,7 @@ class SweepState:
             return None
         knobs = suggest_knobs(trial, self.config.search_space)
         estimate = budget.estimate_tokens(self.tokens_per_epoch, int(knobs["epochs"]))
-        check = self._check_budget(estimate)
+        check = self._check_budget(estimate + eval_estimate)
         if not check.fits:
             trial.set_user_attr(ts.ATTR_FAIL_REASON, check.reason)
             ctx.study.tell(trial, state=TrialState.FAIL)
@@ -187,7 +188,8 @@ class SweepState:
             trial.set_user_attr(ATTR_EPOCHS_MODE, FROM_CURVE)
         trial.set_user_attr(ts.ATTR_KEY, key)  # before submit: a restart finds the job by it
         return self._commit(InFlight(trial=trial, knobs=knobs, key=key,
-                                     estimate_tokens=estimate, next_poll_s=now_s))
+                                     estimate_tokens=estimate, next_poll_s=now_s,
+                                     eval_estimate_tokens=eval_estimate))
 
     def _ask_study(self, ctx: SweepContext, now_s: float) -> optuna.trial.Trial | None:
         """A new trial, within n_trials and study_concurrency counted over every worker."""
@@ -209,7 +211,7 @@ class SweepState:
         dropped += [j for j in self._ahead if j.number == number]
         self._ahead = deque(j for j in self._ahead if j.number != number)
         for job in dropped:
-            self.committed_tokens -= job.estimate_tokens
+            self.committed_tokens -= job.committed_tokens
         self._trials.pop(number, None)
 
     def adopt_running_trials(self, ctx: SweepContext, now_s: float) -> int:
@@ -230,11 +232,13 @@ class SweepState:
                 trial.set_user_attr(ts.ATTR_KEY, key)
             estimate = int(frozen.user_attrs.get(ts.ATTR_ESTIMATE) or budget.estimate_tokens(
                 self.tokens_per_epoch, int(knobs["epochs"])))
+            eval_estimate = ctx.evaluator.estimated_tokens if ctx.evaluator is not None else 0
             trial.set_user_attr(ts.ATTR_WORKER, ctx.worker_id)
             # A key without a job ref: the submit may have happened, so look it up first.
             was_submitted = frozen.user_attrs.get(ts.ATTR_KEY) is not None and ref is None
             job = self._commit(InFlight(trial=trial, knobs=knobs, key=key,
                                         estimate_tokens=estimate, ref=ref, next_poll_s=now_s,
+                                        eval_estimate_tokens=eval_estimate,
                                         submit_attempts=1 if was_submitted else 0,
                                         reported_epochs=set(frozen.intermediate_values),
                                         cancel_reason=ts.stored_cancel_reason(frozen)))
@@ -246,8 +250,16 @@ class SweepState:
     def _commit(self, job: InFlight) -> InFlight:
         """Count the job's estimate as committed budget (it is about to be submitted)."""
         self._trials[job.number] = job.trial
-        self.committed_tokens += job.estimate_tokens
+        self.committed_tokens += job.committed_tokens
         return job
+
+    def job_reported(self, job: InFlight) -> None:
+        """Correct the budget from what a running job reports it has been billed so far
+        (or, on Vertex, for the whole job): its commitment never stays below that."""
+        used = job.training_tokens
+        if used is not None and used > job.estimate_tokens:
+            self.committed_tokens += used - job.estimate_tokens
+            job.estimate_tokens = used
 
     def _check_budget(self, estimate: int) -> budget.BudgetCheck:
         return budget.check_trial(self.config.budget, estimate=estimate,
@@ -264,7 +276,7 @@ class SweepState:
     def job_finished(self, job: InFlight, outcome: TrialOutcome) -> None:
         """The job is over (its run is being written); move its tokens to spent."""
         self.in_flight.pop(job.number, None)
-        self.committed_tokens -= job.estimate_tokens
+        self.committed_tokens -= job.committed_tokens
         self.spent_tokens += outcome.training_tokens + outcome.eval_tokens
         # Counted now, not at tell, so no new job starts while the stop is decided.
         if outcome.state is TrialState.FAIL:

@@ -110,8 +110,9 @@ class InFlight:
     trial: optuna.trial.Trial
     knobs: dict[str, Any]
     key: str
-    estimate_tokens: int
+    estimate_tokens: int  # training tokens the job is billed for, corrected as it reports
     ref: JobRef | None = None
+    eval_estimate_tokens: int = 0  # generation tokens of its evaluation, when billed
     next_poll_s: float = 0.0
     interval_s: float = 1.0
     submit_attempts: int = 0
@@ -129,6 +130,11 @@ class InFlight:
     @property
     def number(self) -> int:
         return self.trial.number
+
+    @property
+    def committed_tokens(self) -> int:
+        """What the budget holds for this job until it is over: training and evaluation."""
+        return self.estimate_tokens + self.eval_estimate_tokens
 
     @property
     def epochs(self) -> int:

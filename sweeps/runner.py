@@ -10,6 +10,7 @@ pays for nothing twice: run it again.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -122,6 +123,7 @@ def run_sweep(
         backend.check_search_space(knob_names(config.search_space))
         backend.check_epochs(max_epochs(config.search_space))
         backend.preflight()
+        data = _billed_tokens_per_epoch(backend, data)
         _warn_missing_validation(config, backend, data)
         evaluator = build_evaluator(config, backend, data.validation)  # metrics checked here
         study = open_study(config)
@@ -207,6 +209,18 @@ def prepare_data(config: SweepConfig) -> PreparedData:
     return PreparedData(train=dataset.prepared(train), validation=dataset.prepared(validation),
                         tokens_per_epoch=dataset.tokens_per_epoch(train),
                         content_hash=dataset.content_hash, preamble=dataset.preamble)
+
+
+def _billed_tokens_per_epoch(backend: BaseBackend, data: PreparedData) -> PreparedData:
+    """``data`` with the tokens an epoch is billed for as the backend counts them (the
+    dataset's estimate stays when the backend cannot count before a job runs)."""
+    counted = backend.training_tokens_per_epoch(data.train)
+    if counted is None or counted == data.tokens_per_epoch:
+        return data
+    logger.info("the %s backend counts %s training tokens an epoch (the dataset's estimate "
+                "is %s); the budget uses its count", backend.kind, f"{counted:,}",
+                f"{data.tokens_per_epoch:,}")
+    return dataclasses.replace(data, tokens_per_epoch=counted)
 
 
 def open_study(config: SweepConfig) -> optuna.Study:

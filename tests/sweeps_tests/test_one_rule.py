@@ -233,3 +233,33 @@ def test_summary_status_mlflow_and_export_recommend_the_same_epochs(
     as_json = CliRunner().invoke(app, ["status", str(config.config_dir / "sweep.yaml"),
                                        "--json"])
     assert json.loads(as_json.output)["recommended_knobs"]["epochs"] == recommended
+
+
+def test_quick_start_with_a_budget_spends_at_most_the_budget_plus_one_epoch(tmp_path):
+    """The README's quick start (real local training) with budget max_training_tokens
+    60000: the budget commits each job at the tokens the backend trains on (3,651 an epoch,
+    where the dataset's estimate says 964), so it ends within one epoch of one job."""
+    import shutil
+
+    import yaml
+
+    from gemini_backend import create_backend
+    from sweeps import load_config
+    from sweeps.results import config_results
+    from sweeps.runner import prepare_data
+    from tests.conftest import REPO_ROOT
+
+    shutil.copytree(REPO_ROOT / "configs" / "data", tmp_path / "data")
+    config = yaml.safe_load((REPO_ROOT / "configs" / "quickstart.yaml").read_text())
+    config["budget"] = {"max_training_tokens": 60000}
+    (tmp_path / "quickstart.yaml").write_text(yaml.safe_dump(config))
+    config = load_config(tmp_path / "quickstart.yaml")
+    backend = create_backend(config.backend, base_dir=config.config_dir)
+    one_epoch = backend.training_tokens_per_epoch(prepare_data(config).train)
+    assert one_epoch > 3 * prepare_data(config).tokens_per_epoch  # the estimate undercounts
+
+    result = run_sweep(config, backend=backend, tracker=NullTracker())
+    billed = sum(t.training_tokens or 0 for t in config_results(config).trials)
+    assert result.stop_reason.startswith("budget:")
+    assert billed == result.spent_tokens
+    assert billed <= 60000 + one_epoch
