@@ -263,3 +263,29 @@ def test_quick_start_with_a_budget_spends_at_most_the_budget_plus_one_epoch(tmp_
     assert result.stop_reason.startswith("budget:")
     assert billed == result.spent_tokens
     assert billed <= 60000 + one_epoch
+
+
+def test_a_trial_whose_evaluation_the_budget_cannot_pay_never_starts(tmp_path, clock):
+    """The budget pays one job's training but not its billed evaluation too: the trial is
+    not started (its evaluation would have pushed the spend over the limit)."""
+    from sweeps import load_config
+    from sweeps.dataset import estimate_tokens
+    from sweeps.runner import prepare_data
+    from tests.sweeps_tests.test_evaluation import AnsweringBackend
+    from tests.sweeps_tests.test_evaluation import _eval_config
+
+    path = _eval_config(tmp_path, n_trials=1, concurrency=1)
+    config = load_config(path)
+    data = prepare_data(config)
+    backend = AnsweringBackend(clock=clock)
+    training = data.tokens_per_epoch * 3
+    evaluation = sum(estimate_tokens(e.text_input or "") + estimate_tokens(e.output)
+                     for e in data.validation[:config.evaluation.max_examples])
+    assert evaluation > 0
+    limit = training + evaluation // 2
+    path = _eval_config(tmp_path, n_trials=1, concurrency=1,
+                        budget={"max_training_tokens": limit})
+    result = run_sweep(load_config(path), backend=backend, tracker=NullTracker(),
+                       clock=clock, sleep=clock.sleep)
+    assert backend.submits == []
+    assert result.spent_tokens == 0 and result.stop_reason.startswith("budget:")
