@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import optuna
 
 from gemini_backend import BackendError
+from gemini_backend import Backoff
 from gemini_backend import BaseBackend
 from gemini_backend import Example
 from gemini_backend import JobRef
-from gemini_backend import TransientError
-from gemini_backend._retry import Backoff
+from gemini_backend import retry_call
 from sweeps import budget
 from sweeps._trial_state import EvalRow
 from sweeps._trial_state import InFlight
@@ -124,19 +124,9 @@ class Evaluator:
 
     def _generate(self, ref: JobRef, prompts: list[str]) -> list[str]:
         """One chunk's answers; transient errors retried with backoff, like the backends."""
-        delays = _BACKOFF.delays()
-        while True:
-            try:
-                answers = list(self.backend.generate(ref, prompts))
-                break
-            except TransientError as exc:
-                delay_s = next(delays, None)
-                if delay_s is None:
-                    raise
-                delay_s = exc.retry_after_s or delay_s
-                logger.warning("job=%s generate failed (%s); retrying in %.1fs", ref.job_id,
-                               exc.message, delay_s)
-                self._sleep(delay_s)
+        answers = retry_call(lambda _: list(self.backend.generate(ref, prompts)),
+                             what=f"job={ref.job_id} generate", backoff=_BACKOFF,
+                             sleep=self._sleep)
         if len(answers) != len(prompts):
             raise BackendError(f"the backend answered {len(answers)} of {len(prompts)} "
                                "prompts")

@@ -22,10 +22,12 @@ from typing import Any
 import optuna
 
 from gemini_backend import BackendError
+from gemini_backend import Backoff
 from gemini_backend import BaseBackend
 from gemini_backend import JobNotFound
 from gemini_backend import JobStatus
 from gemini_backend import TransientError
+from gemini_backend import retry_call
 from sweeps import _trial_state as ts
 from sweeps._crashpoints import crash_point
 from sweeps._eval_run import EvaluationRunner
@@ -40,6 +42,7 @@ from sweeps._sweep_state import SweepState
 from sweeps._trial_state import InFlight
 from sweeps._trial_state import TrialOutcome
 from sweeps.config import SweepConfig
+from sweeps.errors import ServiceUnavailable
 from sweeps.fidelity import curve_patience
 from sweeps.fidelity import plateau_passed
 from sweeps.plateau import ended_epoch_losses
@@ -53,6 +56,10 @@ _HEARTBEAT_EVERY_S = 60.0
 _MAX_SUBMIT_ATTEMPTS = 8
 _MAX_POLL_ERRORS = 10
 _WRITE_WAIT_S = 0.05
+_CANCEL_BACKOFF = Backoff(initial_s=0.5, maximum_s=2.0, max_attempts=3)
+#: Polls of a job failing with retryable errors this long mean the service is down: the
+#: sweep stops (exit 3); its jobs keep running and the next `gemini-sweep run` collects them.
+_POLL_OUTAGE_S = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,10 +289,19 @@ class SweepLoop:
             return None
         except BackendError as exc:
             job.poll_errors += 1
+            now_s = self._clock()
+            if job.poll_failing_since_s is None:
+                job.poll_failing_since_s = now_s
             is_hopeless = not exc.retryable and job.poll_errors >= _MAX_POLL_ERRORS
             if is_hopeless:
                 self._finish(job, failed_outcome(job, f"polling failed: {exc.message}"))
                 return None
+            if now_s - job.poll_failing_since_s > _POLL_OUTAGE_S:
+                raise ServiceUnavailable(
+                    f"the {self.ctx.backend.kind} service has not answered a poll of job "
+                    f"{job.ref.job_id} for {now_s - job.poll_failing_since_s:.0f}s "
+                    f"({exc.message}); jobs in flight keep running: run the same command "
+                    "again when it is back") from exc
             job.interval_s = min(self._max_interval_s, job.interval_s * 2)
             retry_after_s = getattr(exc, "retry_after_s", None)
             job.next_poll_s = self._clock() + (retry_after_s or job.interval_s)
@@ -293,6 +309,7 @@ class SweepLoop:
                            job.ref.job_id, exc.message, job.next_poll_s - self._clock())
             return None
         job.poll_errors = 0
+        job.poll_failing_since_s = None
         return status
 
     def _update(self, job: InFlight, status: JobStatus) -> None:
@@ -363,14 +380,14 @@ class SweepLoop:
     def _cancel(self, job: InFlight) -> None:
         """Cancel the job (a few tries) and keep the points it reported up to the cancel."""
         assert job.ref is not None
-        for attempt in range(3):
-            try:
-                self.ctx.backend.cancel(job.ref)
-                break
-            except TransientError as exc:
-                logger.warning("trial=%d job=%s cancel failed (%s)", job.number,
-                               job.ref.job_id, exc.message)
-                self._sleep(0.5 * (attempt + 1))
+        ref = job.ref
+        try:
+            retry_call(lambda _: self.ctx.backend.cancel(ref), backoff=_CANCEL_BACKOFF,
+                       what=f"trial={job.number} job={ref.job_id} cancel", sleep=self._sleep)
+        except TransientError as exc:
+            logger.warning("trial=%d job=%s cancel failed (%s); its reason is stored, so the "
+                           "next `gemini-sweep run` cancels it", job.number, ref.job_id,
+                           exc.message)
         try:  # the points reported up to the cancel belong in the record too
             job.snapshots = self.ctx.backend.poll(job.ref).snapshots or job.snapshots
         except BackendError as exc:

@@ -117,6 +117,7 @@ class InFlight:
     interval_s: float = 1.0
     submit_attempts: int = 0
     poll_errors: int = 0
+    poll_failing_since_s: float | None = None  # loop clock of the first failed poll in a row
     last_state: JobState = JobState.QUEUED
     snapshots: tuple[LossSnapshot, ...] = ()
     training_tokens: int | None = None

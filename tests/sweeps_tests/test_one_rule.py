@@ -289,3 +289,46 @@ def test_a_trial_whose_evaluation_the_budget_cannot_pay_never_starts(tmp_path, c
                        clock=clock, sleep=clock.sleep)
     assert backend.submits == []
     assert result.spent_tokens == 0 and result.stop_reason.startswith("budget:")
+
+
+def test_retry_call_stops_at_its_overall_deadline_on_the_injected_sleep():
+    from gemini_backend import Backoff
+    from gemini_backend import TransientError
+    from gemini_backend import retry_call
+    from tests.sweeps_tests.fake_backend import FakeClock
+
+    clock = FakeClock()
+    calls = []
+
+    def always_down(attempt):
+        calls.append(clock())
+        raise TransientError("503 service unavailable", retry_after_s=4.0)
+
+    backoff = Backoff(initial_s=1.0, maximum_s=8.0, max_attempts=100, deadline_s=20.0)
+    with pytest.raises(TransientError):
+        retry_call(always_down, what="list jobs", backoff=backoff, sleep=clock.sleep,
+                   clock=clock)
+    assert 1 < len(calls) < 100  # stopped by the deadline, not by the attempts
+    assert clock.slept_s <= 20.0
+    assert all(b - a >= 4.0 for a, b in zip(calls, calls[1:], strict=False))  # Retry-After
+
+
+def test_a_poll_that_keeps_failing_stops_the_sweep_as_an_outage_leaving_jobs_running(
+        make_config, clock):
+    """Retryable poll errors for half an hour: the sweep stops with ServiceUnavailable (exit
+    3) instead of polling forever; the job is not cancelled and the trial stays RUNNING for
+    the next run to collect."""
+    from sweeps import ServiceUnavailable
+
+    config = make_config(n_trials=1, concurrency=1)
+    backend = FakeBackend(clock=clock, transient_polls=10**9)
+
+    def give_up_after_a_day(progress):
+        assert clock() < 1000.0 + 86400, "the sweep polled a dead service for a day"
+
+    with pytest.raises(ServiceUnavailable, match="has not answered a poll"):
+        run_sweep(config, backend=backend, tracker=NullTracker(), clock=clock,
+                  sleep=clock.sleep, progress=give_up_after_a_day)
+    assert backend.cancels == []
+    (trial,) = open_study(config).get_trials()
+    assert trial.state is TrialState.RUNNING
