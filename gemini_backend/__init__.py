@@ -12,6 +12,7 @@ from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
 from gemini_backend.base import Capabilities
 from gemini_backend.base import Checkpoint
+from gemini_backend.base import CreateCall
 from gemini_backend.base import Example
 from gemini_backend.base import JobRef
 from gemini_backend.base import JobRequest
@@ -43,6 +44,7 @@ __all__ = [
     "CANONICAL_KNOBS",
     "Capabilities",
     "Checkpoint",
+    "CreateCall",
     "DatasetLimits",
     "Example",
     "InvalidRequestError",
