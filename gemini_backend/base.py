@@ -306,6 +306,13 @@ class BaseBackend(abc.ABC):
         raise BackendError(f"the {self.kind or type(self).__name__} backend has no service "
                            "request to export")
 
+    def upload_bytes(self, request: JobRequest) -> int | None:
+        """The size of what :meth:`submit` sends for ``request``'s training examples, from the
+        encoders it sends them with: the number the service's size limit applies to (the
+        inline create body, or the uploaded training file). None: no such limit."""
+        del request
+        return None
+
     def training_tokens_per_epoch(self, train: Sequence[Example]) -> int | None:
         """The training tokens one epoch over ``train`` is billed for, counted the way this
         backend (or its service) counts them; None when it cannot tell before a job runs.

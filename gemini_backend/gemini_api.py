@@ -170,6 +170,10 @@ class GeminiApiBackend(BaseBackend):
                                 learning_rate=self.config.use_learning_rate)
         return CreateCall(body=body)
 
+    def upload_bytes(self, request: JobRequest) -> int | None:
+        """Bytes of the create body ``submit`` sends, examples inline (its request limit)."""
+        return len(encode_body(self.create_call(request).body))
+
     def submit(self, request: JobRequest) -> JobRef:
         """Create the tuned model under the id derived from the key; 409 means it exists.
 

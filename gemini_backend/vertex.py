@@ -231,6 +231,11 @@ class VertexBackend(BaseBackend):
         body = self._body(request, uris[0], uris[1] if validation else None)
         return CreateCall(body=body, files=files, notes=notes)
 
+    def upload_bytes(self, request: JobRequest) -> int | None:
+        """Bytes of the training JSONL ``submit`` uploads (Vertex's file-size limit)."""
+        return len(examples_to_jsonl(request.train,
+                                     system_instruction=self.config.system_instruction))
+
     def find(self, idempotency_key: str) -> JobRef | None:
         """The job labelled with this key: listed with a label filter, matched client-side."""
         wanted = label_value(idempotency_key)

@@ -332,3 +332,31 @@ def test_a_poll_that_keeps_failing_stops_the_sweep_as_an_outage_leaving_jobs_run
     assert backend.cancels == []
     (trial,) = open_study(config).get_trials()
     assert trial.state is TrialState.RUNNING
+
+
+@pytest.mark.parametrize("with_input", [False, True], ids=["output-only", "with-input"])
+def test_validate_measures_the_file_the_vertex_backend_uploads(tmp_path, with_input):
+    """The size `validate` checks against Vertex's file limit is the size of the JSONL the
+    backend uploads, byte for byte (it re-encoded the examples its own way)."""
+    import json as json_module
+
+    from gemini_backend import JobRequest
+    from gemini_backend import config_model
+    from gemini_backend import create_backend
+    from sweeps.dataset import validate_dataset
+
+    rows = [({"text_input": f"question {i} é"} if with_input else {})
+            | {"output": f"answer number {i} ü"} for i in range(30)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json_module.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    report = validate_dataset(path, backend="vertex")
+    assert not report.errors, report.errors
+
+    settings = config_model("vertex").model_validate(
+        {"kind": "vertex", "project": "p", "bucket": "bkt"})
+    backend = create_backend(settings, base_dir=tmp_path)
+    call = backend.create_call(JobRequest(
+        train=report.dataset.prepared(), epochs=1, learning_rate_multiplier=1.0,
+        base_model="", display_name="t", idempotency_key="k"))
+    (uploaded,) = call.files.values()
+    assert report.stats.jsonl_bytes == len(uploaded)
