@@ -10,7 +10,6 @@ after its run is written (invariant 2). Ctrl-C or a crash never cancels a job: t
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import Future
@@ -52,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 TrialState = optuna.trial.TrialState
 _BACKOFF = 1.5
-_HEARTBEAT_EVERY_S = 60.0
 _MAX_SUBMIT_ATTEMPTS = 8
 _MAX_POLL_ERRORS = 10
 _WRITE_WAIT_S = 0.05
@@ -73,7 +71,7 @@ class SweepContext:
     data: PreparedData
     sweep_id: str
     worker_id: str
-    leases: StudyLeases | None = None  # shares the study with other workers (issue #8)
+    leases: StudyLeases  # shares the study with other workers (one worker: nobody else)
     evaluator: Evaluator | None = None  # held-out evaluation after each success (issue #9)
 
 
@@ -94,7 +92,7 @@ class SweepLoop:
         self._starting: dict[int, Future[str | None]] = {}
         self._can_prune = not isinstance(ctx.study.pruner, optuna.pruners.NopPruner)
         self._retries = RecordRetries()  # records that failed, tried again later
-        self._next_claim_s = clock() + (ctx.leases.claim_interval_s if ctx.leases else 0.0)
+        self._next_claim_s = clock() + ctx.leases.claim_interval_s
         self._evals = EvaluationRunner(ctx.evaluator, ctx.config) if ctx.evaluator else None
         # Optuna takes intermediate values only in single-objective studies; a maximized
         # (eval_*) study is reported -loss so its pruner still stops the high-loss trials.
@@ -111,9 +109,8 @@ class SweepLoop:
 
     def run_until_done(self, on_pass: Callable[[], None]) -> None:
         """Loop until every wanted trial is told (or the sweep stops); then wait for writes."""
-        if self.ctx.leases is not None:
-            self.ctx.leases.held = self.state.held_numbers()
-            self.ctx.leases.start_heartbeats()
+        self.ctx.leases.held = self.state.held_numbers()
+        self.ctx.leases.start_heartbeats()
         try:
             while True:
                 self._share_study()
@@ -134,8 +131,6 @@ class SweepLoop:
     def _share_study(self) -> None:
         """With other workers: drop trials they took over, adopt trials whose lease is free."""
         leases = self.ctx.leases
-        if leases is None:
-            return
         for number in leases.take_lost():
             is_held = number in self.state.held_numbers()  # not told since the renewal
             if not is_held or number in self._recording or number in self._retries:
@@ -181,7 +176,6 @@ class SweepLoop:
             status = self._poll(job)
             if status is not None:
                 self._update(job, status)
-            self._heartbeat(job)
 
     def _record_finished(self) -> None:
         for outcome in self._retries.due(self._clock()):
@@ -215,7 +209,7 @@ class SweepLoop:
             return not has_writes
         wants_more = self.state.may_start_trial(self._n_writes())
         # Stay while other workers hold trials: if one dies, this one takes its jobs over.
-        has_others = self.ctx.leases is not None and self.ctx.leases.n_held_by_others > 0
+        has_others = self.ctx.leases.n_held_by_others > 0
         return not (has_jobs or has_writes or wants_more or has_others)
 
     def _sleep_until_next_poll(self) -> None:
@@ -223,7 +217,7 @@ class SweepLoop:
         wake_s = [j.next_poll_s for j in self.state.in_flight.values()]
         wake_s = wake_s or [now + self._base_interval_s]
         wake_s += [self._retries.next_due_s] if self._retries.next_due_s is not None else []
-        wake_s += [self._next_claim_s] if self.ctx.leases is not None else []
+        wake_s += [self._next_claim_s]
         next_poll_s = min(wake_s)
         delay_s = max(0.0, next_poll_s - now)
         pending: list[Future[Any]] = [future for _, future in self._recording.values()]
@@ -413,15 +407,6 @@ class SweepLoop:
         if self._evals is not None:
             for job, outcome in self._evals.finished():
                 self._finish(job, outcome)
-
-    def _heartbeat(self, job: InFlight) -> None:
-        if self.ctx.leases is not None:
-            return  # the leases' own thread writes heartbeats, on the lock's clock
-        now = self._clock()
-        if now - job.last_heartbeat_s >= _HEARTBEAT_EVERY_S and job.number in \
-                self.state.in_flight:
-            job.trial.set_user_attr(ts.ATTR_HEARTBEAT, time.time())
-            job.last_heartbeat_s = now
 
 
 def _warn_if_failed(future: Future[str | None]) -> None:

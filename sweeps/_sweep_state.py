@@ -193,8 +193,6 @@ class SweepState:
 
     def _ask_study(self, ctx: SweepContext, now_s: float) -> optuna.trial.Trial | None:
         """A new trial, within n_trials and study_concurrency counted over every worker."""
-        if ctx.leases is None:
-            return ctx.study.ask()
         # The leases count every trial of the study, warm-start copies too.
         asked = ctx.leases.ask(max_trials=self.max_trials + self.n_warm_start, now_s=now_s)
         if asked.is_exhausted:  # the other workers asked the rest: not an error
@@ -216,8 +214,7 @@ class SweepState:
 
     def adopt_running_trials(self, ctx: SweepContext, now_s: float) -> int:
         """Take over the RUNNING trials no live worker holds (see :mod:`sweeps._lease`)."""
-        running = (ctx.leases.claim_orphans(self.held_numbers()) if ctx.leases is not None
-                   else ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        running = ctx.leases.claim_orphans(self.held_numbers())
         for frozen in running:
             self.unrecorded.discard(frozen.number)  # adopted again: recorded when it ends
             trial = optuna.trial.Trial(ctx.study, frozen._trial_id)

@@ -7,7 +7,6 @@ trial user attribute, written before (key) and right after (job reference) the s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -126,7 +125,6 @@ class InFlight:
     reported_epochs: set[int] = field(default_factory=set)
     # Why the sweep cancelled this job (stored on the trial first); None while it runs.
     cancel_reason: CancelReason | None = None
-    last_heartbeat_s: float = -math.inf
 
     @property
     def number(self) -> int:

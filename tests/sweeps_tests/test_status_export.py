@@ -302,7 +302,8 @@ def test_curl_command_creates_the_model_on_the_service(tmp_path: Path) -> None:
 
 def test_vertex_body_and_data_files(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"kind": "vertex", "project": "proj", "bucket": "bkt",
-                                     "location": "europe-west4"})
+                                     "location": "europe-west4",
+                                     "tuned_model_display_name_prefix": "acme"})
     mixed_study(config)
     out = tmp_path / "out" / "vertex.json"
     result = invoke("export", config, "-f", "vertex", "-o", out)
@@ -312,6 +313,8 @@ def test_vertex_body_and_data_files(tmp_path: Path) -> None:
     assert body["baseModel"] == "gemini-2.5-flash"
     assert spec["hyperParameters"] == {"epochCount": "3", "learningRateMultiplier": 2.5}
     assert spec["exportLastCheckpointOnly"] is False
+    # Asked of the backend: the display-name prefix and the labels a submit sends.
+    assert body["tunedModelDisplayName"].startswith("acme-") and body["labels"]
     assert "batch_size 8 is left out" in result.stderr
     train = (out.parent / "train.jsonl").read_bytes()
     digest = hashlib.sha256(train).hexdigest()
@@ -371,17 +374,3 @@ def test_replay_sweep_export_matches_the_study(replay_sweep: Path) -> None:
     assert status["best"]["number"] == best.number
     assert status["budget"]["spent_tokens"] == sum(
         t.user_attrs["training_tokens"] for t in study.trials)
-
-
-def test_vertex_export_is_the_body_the_backend_sends(tmp_path: Path) -> None:
-    """The export asks the Vertex backend for its create call: the display-name prefix and
-    the labels a submit sends are in the exported body too."""
-    config = write_config(tmp_path, {"kind": "vertex", "project": "proj", "bucket": "bkt",
-                                     "tuned_model_display_name_prefix": "acme"})
-    mixed_study(config)
-    out = tmp_path / "out" / "vertex.json"
-    result = invoke("export", config, "-f", "vertex", "-o", out)
-    assert result.exit_code == 0, result.output
-    body = json.loads(out.read_text())
-    assert body["tunedModelDisplayName"].startswith("acme-")
-    assert body["labels"]
