@@ -319,7 +319,7 @@ class SweepLoop:
                           else min(self._max_interval_s, job.interval_s * _BACKOFF))
         job.next_poll_s = self._clock() + job.interval_s
         is_terminal = status.state.is_terminal()
-        should_prune = self._report_epochs(job, is_terminal=is_terminal)
+        decided = self._report_epochs(job, is_terminal=is_terminal)
         if is_terminal:
             # A cancel the sweep decided carries its stored reason (read back on resume, never
             # asked of the pruner again); a CANCELLED job without one was cancelled outside.
@@ -327,36 +327,32 @@ class SweepLoop:
                                                      final_state=status.state))
         elif job.cancel_reason is not None:
             self._cancel_and_finish(job)  # decided before a restart: it may not have landed
-        elif should_prune:
-            self._decide_cancel(job, ts.CancelReason(
-                ts.CANCEL_PRUNED, max(job.reported_epochs),
-                f"pruned after epoch {max(job.reported_epochs)}"))
-        elif (passed_at := self._plateau_passed_at(job)) is not None:
-            # from_curve patience: the job is past its plateau; it completes on the epochs
-            # that had ended, not pruned: its best epoch is known.
-            self._decide_cancel(job, ts.CancelReason(
-                ts.CANCEL_STOPPED, passed_at,
-                f"stopped after epoch {passed_at}: {self._patience} epochs without a new best"))
+        elif decided is not None:
+            self._decide_cancel(job, decided)
 
-    def _report_epochs(self, job: InFlight, *, is_terminal: bool) -> bool:
-        """Report each newly ended epoch's loss; True when the pruner wants the trial gone."""
-        if self._is_multi_objective:
-            return False
+    def _report_epochs(self, job: InFlight, *, is_terminal: bool) -> ts.CancelReason | None:
+        """Report each newly ended epoch's loss in order, asking the pruner and from_curve
+        patience at every epoch boundary; the first that says stop decides, at that epoch.
+
+        However many epochs one poll reveals (a slow poll, a replay at any time scale), the
+        decision is the one taken epoch by epoch: it does not depend on when polls happen.
+        """
         losses = ended_epoch_losses(job.snapshots, is_terminal=is_terminal,
-                                           use_eval=self._use_eval)
-        new_epochs = [e for e in sorted(losses) if e not in job.reported_epochs]
-        for epoch in new_epochs:
-            job.trial.report(self._report_sign * losses[epoch], epoch)
+                                    use_eval=self._use_eval)
+        for epoch in [e for e in sorted(losses) if e not in job.reported_epochs]:
             job.reported_epochs.add(epoch)
-        return bool(new_epochs) and self._can_prune and job.trial.should_prune()
-
-    def _plateau_passed_at(self, job: InFlight) -> int | None:
-        """The last ended epoch, when from_curve patience says the job is past its plateau."""
-        if self._patience is None:
-            return None
-        losses = ended_epoch_losses(job.snapshots, is_terminal=False,
-                                           use_eval=self._use_eval)
-        return max(losses) if plateau_passed(losses, self._patience) else None
+            if not self._is_multi_objective:  # Optuna takes no intermediate values then
+                job.trial.report(self._report_sign * losses[epoch], epoch)
+            if is_terminal:
+                continue  # its outcome is decided by how it ended
+            if self._can_prune and job.trial.should_prune():
+                return ts.CancelReason(ts.CANCEL_PRUNED, epoch, f"pruned after epoch {epoch}")
+            so_far = {e: loss for e, loss in losses.items() if e <= epoch}
+            if plateau_passed(so_far, self._patience):
+                # It completes on the epochs that had ended, not pruned: its best is known.
+                return ts.CancelReason(ts.CANCEL_STOPPED, epoch, f"stopped after epoch "
+                                       f"{epoch}: {self._patience} epochs without a new best")
+        return None
 
     def _decide_cancel(self, job: InFlight, reason: ts.CancelReason) -> None:
         """Store why the job is cancelled on its trial, then cancel it (invariant 1)."""

@@ -360,3 +360,25 @@ def test_validate_measures_the_file_the_vertex_backend_uploads(tmp_path, with_in
         base_model="", display_name="t", idempotency_key="k"))
     (uploaded,) = call.files.values()
     assert report.stats.jsonl_bytes == len(uploaded)
+
+
+@pytest.mark.parametrize("poll_interval_s", [1.0, 12.0], ids=["every-step", "3-epochs-a-poll"])
+def test_a_prune_is_decided_at_the_epoch_boundary_however_late_the_poll(
+        make_config, clock, poll_interval_s):
+    """Whether polls see each epoch end or three at once, the pruner is asked at every epoch
+    boundary and the trial is pruned at the epoch that decided it (2), not at the last epoch
+    the poll happened to reveal."""
+    config = make_config(n_trials=3, concurrency=1, poll_interval_s=poll_interval_s,
+                         dataset={"path": "data.jsonl", "validation_split": 0.25},
+                         search_space={"epochs": {"value": 6}, "learning_rate_multiplier": {
+                             "low": 0.1, "high": 10.0, "log": True}},
+                         pruner={"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 2})
+    study = open_study(config)
+    for multiplier in (1.0, 1.1, 10.0):
+        study.enqueue_trial({"learning_rate_multiplier": multiplier})
+    run_sweep(config, backend=FakeBackend(clock=clock), tracker=NullTracker(), clock=clock,
+              sleep=clock.sleep)
+    bad = open_study(config).get_trials()[2]
+    assert bad.state is TrialState.PRUNED
+    assert bad.user_attrs["cancel_reason"]["epoch"] == 2
+    assert max(bad.intermediate_values) == 2
