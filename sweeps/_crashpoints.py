@@ -20,7 +20,9 @@ import threading
 
 ENV_VAR = "GEMINI_SWEEP_CRASH_AT"
 #: The named sites, in the order a trial passes them.
-POINTS = ("after_submit", "after_job_ref", "after_cancel_reason", "mid_record", "before_tell")
+POINTS = ("after_submit", "after_job_ref", "mid_record", "before_tell")
+# Also "after_cancel_reason" (a cancel decided and stored, not yet called), armed by its own
+# test: not in the crash matrix, where a sweep may decide no cancel at all.
 
 _lock = threading.Lock()
 _hits: dict[str, int] = {}

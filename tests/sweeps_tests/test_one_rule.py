@@ -382,3 +382,39 @@ def test_a_prune_is_decided_at_the_epoch_boundary_however_late_the_poll(
     assert bad.state is TrialState.PRUNED
     assert bad.user_attrs["cancel_reason"]["epoch"] == 2
     assert max(bad.intermediate_values) == 2
+
+
+def test_a_sigkilled_sweep_resumes_a_stop_with_the_reason_stored_before_the_cancel(tmp_path):
+    """SIGKILL right after the stop at the plateau was written, before the cancel call: the
+    rerun (whose config has no patience now, so nothing would stop the job today) reads the
+    stored reason, cancels the job and completes the trial on the epochs that decided it."""
+    import os
+    import subprocess
+    import sys
+
+    from gemini_backend.replay import ReplayBackend
+    from tests.sweeps_tests.test_cost_policies import _patience_config
+
+    space = {"learning_rate_multiplier": {"value": 1.0}}
+    config = _patience_config(tmp_path, n_trials=1, sampler={"kind": "random", "seed": 0},
+                              search_space={"epochs": {"mode": "from_curve", "max": 8,
+                                                       "patience": 2}, **space})
+    argv = [sys.executable, "-c", "from sweeps.cli import main; main()", "run",
+            str(tmp_path / "sweep.yaml"), "-q"]
+    crashed = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=300,
+                             env={**os.environ, "GEMINI_SWEEP_CRASH_AT":
+                                  "after_cancel_reason:1"})
+    assert crashed.returncode == -9, crashed.stdout.decode()[-2000:]
+    (trial,) = open_study(config).trials
+    assert trial.state is TrialState.RUNNING
+
+    _patience_config(tmp_path, n_trials=1, sampler={"kind": "random", "seed": 0},
+                     search_space={"epochs": {"mode": "from_curve", "max": 8}, **space})
+    resumed = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout.decode()[-2000:]
+    (trial,) = open_study(config).trials
+    assert trial.state is TrialState.COMPLETE
+    assert trial.user_attrs["stopped_after_epoch"] == 5
+    assert trial.user_attrs["cancel_reason"]["kind"] == "stopped"
+    jobs = ReplayBackend.submission_log(tmp_path / ".gemini_sweep" / "replay_jobs")
+    assert len(jobs) == 1
