@@ -290,7 +290,7 @@ class SweepLoop:
             if is_hopeless:
                 self._finish(job, failed_outcome(job, f"polling failed: {exc.message}"))
                 return None
-            if now_s - job.poll_failing_since_s > _POLL_OUTAGE_S:
+            if exc.retryable and now_s - job.poll_failing_since_s > _POLL_OUTAGE_S:
                 raise ServiceUnavailable(
                     f"the {self.ctx.backend.kind} service has not answered a poll of job "
                     f"{job.ref.job_id} for {now_s - job.poll_failing_since_s:.0f}s "
