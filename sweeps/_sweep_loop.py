@@ -24,6 +24,7 @@ from gemini_backend import BackendError
 from gemini_backend import Backoff
 from gemini_backend import BaseBackend
 from gemini_backend import JobNotFound
+from gemini_backend import JobState
 from gemini_backend import JobStatus
 from gemini_backend import TransientError
 from gemini_backend import retry_call
@@ -320,6 +321,9 @@ class SweepLoop:
         job.next_poll_s = self._clock() + job.interval_s
         is_terminal = status.state.is_terminal()
         decided = self._report_epochs(job, is_terminal=is_terminal)
+        if status.state is JobState.CANCELLED and job.cancel_reason is None:
+            # Cancelled by another process that stored why first (a user's cancel command).
+            job.cancel_reason = self._stored_cancel_reason(job)
         if is_terminal:
             # A cancel the sweep decided carries its stored reason (read back on resume, never
             # asked of the pruner again); a CANCELLED job without one was cancelled outside.
@@ -353,6 +357,12 @@ class SweepLoop:
                 return ts.CancelReason(ts.CANCEL_STOPPED, epoch, f"stopped after epoch "
                                        f"{epoch}: {self._patience} epochs without a new best")
         return None
+
+    def _stored_cancel_reason(self, job: InFlight) -> ts.CancelReason | None:
+        """The reason on the trial in storage now (this process's copy is a cache)."""
+        running = self.ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        mine = [t for t in running if t.number == job.number]
+        return ts.stored_cancel_reason(mine[0]) if mine else None
 
     def _decide_cancel(self, job: InFlight, reason: ts.CancelReason) -> None:
         """Store why the job is cancelled on its trial, then cancel it (invariant 1)."""

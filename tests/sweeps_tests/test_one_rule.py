@@ -418,3 +418,28 @@ def test_a_sigkilled_sweep_resumes_a_stop_with_the_reason_stored_before_the_canc
     assert trial.user_attrs["cancel_reason"]["kind"] == "stopped"
     jobs = ReplayBackend.submission_log(tmp_path / ".gemini_sweep" / "replay_jobs")
     assert len(jobs) == 1
+
+
+def test_a_job_cancelled_by_another_process_with_a_stored_reason_fails_with_that_reason(
+        make_config, clock):
+    """The contract for a user's cancel from another process: store the reason on the
+    trial, then cancel the job; the running sweep records the trial with that reason."""
+    from sweeps import _trial_state as ts
+
+    config = make_config(n_trials=1, concurrency=1)
+    backend = FakeBackend(clock=clock)
+
+    def cancel_from_outside(progress):
+        if progress.jobs and progress.jobs[0].epoch >= 2 and not backend.cancels:
+            trial = open_study(config).get_trials()[0]
+            storage = open_study(config)._storage
+            reason = ts.CancelReason(ts.CANCEL_USER, None, "cancelled by the user")
+            storage.set_trial_user_attr(trial._trial_id, ts.ATTR_CANCEL_REASON,
+                                        reason.to_dict())
+            backend.cancel(backend.find(trial.user_attrs[ts.ATTR_KEY]))
+
+    run_sweep(config, backend=backend, tracker=NullTracker(), clock=clock, sleep=clock.sleep,
+              progress=cancel_from_outside)
+    (trial,) = open_study(config).get_trials()
+    assert trial.state is TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "cancelled by the user"
