@@ -1,13 +1,18 @@
 """Tuning-job backends behind one interface: local, gemini-api, vertex, replay.
 
-This package knows nothing of Optuna or MLflow. Other code imports only from here.
+This package knows nothing of Optuna or MLflow. Other code imports only from here (or from a
+public backend module such as ``gemini_backend.vertex``), never a ``_private`` module:
+``tests/test_layout.py`` enforces it.
 """
 
+from gemini_backend._retry import Backoff
+from gemini_backend._retry import retry_call
 from gemini_backend.base import CANONICAL_KNOBS
 from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
 from gemini_backend.base import Capabilities
 from gemini_backend.base import Checkpoint
+from gemini_backend.base import CreateCall
 from gemini_backend.base import Example
 from gemini_backend.base import JobRef
 from gemini_backend.base import JobRequest
@@ -32,12 +37,14 @@ from gemini_backend.registry import create_backend
 __all__ = [
     "AuthError",
     "BUILTIN_BACKENDS",
+    "Backoff",
     "BackendConfig",
     "BackendError",
     "BaseBackend",
     "CANONICAL_KNOBS",
     "Capabilities",
     "Checkpoint",
+    "CreateCall",
     "DatasetLimits",
     "Example",
     "InvalidRequestError",
@@ -55,4 +62,5 @@ __all__ = [
     "config_model",
     "create_backend",
     "limits_for",
+    "retry_call",
 ]

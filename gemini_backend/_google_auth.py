@@ -27,7 +27,6 @@ from gemini_backend.errors import AuthError
 logger = logging.getLogger(__name__)
 
 API_KEY_HEADER = "x-goog-api-key"
-QUOTA_PROJECT_HEADER = "x-goog-user-project"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 #: tunedModels.create needs this one (reference/tuning_api.md section 1.3).
 TUNING_SCOPE = "https://www.googleapis.com/auth/generative-language.tuning"

@@ -9,6 +9,7 @@ bodies or headers, so no key or token reaches a log.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -22,6 +23,7 @@ import requests
 
 from gemini_backend._retry import RETRYABLE_STATUS_CODES
 from gemini_backend._retry import Backoff
+from gemini_backend._retry import retry_call
 from gemini_backend.errors import AuthError
 from gemini_backend.errors import BackendError
 from gemini_backend.errors import InvalidRequestError
@@ -204,21 +206,8 @@ class RestClient:
 
     def _with_retries(self, what: str, retry: bool, call: Callable[[int], Any]) -> Any:
         """Run ``call(attempt)``, retrying ``TransientError`` on the backoff schedule."""
-        delays = self.backoff.delays() if retry else iter(())
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return call(attempt)
-            except TransientError as error:
-                delay = next(delays, None)
-                if delay is None:
-                    raise
-                if error.retry_after_s is not None:
-                    delay = max(delay, error.retry_after_s)
-                logger.warning("%s; retrying in %.1fs (attempt %d)", error.message,
-                               delay, attempt)
-                self._sleep(delay)
+        backoff = self.backoff if retry else dataclasses.replace(self.backoff, max_attempts=1)
+        return retry_call(call, what=what, backoff=backoff, sleep=self._sleep)
 
     def _send_once(
         self,

@@ -167,6 +167,17 @@ class JobStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CreateCall:
+    """What :meth:`BaseBackend.submit` sends to create a job, rendered without sending it:
+    the create body, the files it names that are uploaded first (URI -> the exact bytes),
+    and notes on anything the service takes differently from the request."""
+
+    body: dict[str, Any]
+    files: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a backend (as configured) can do, so the sweep can check a config before spending.
 
@@ -284,6 +295,34 @@ class BaseBackend(abc.ABC):
     def preflight(self) -> None:  # noqa: B027  (an optional hook: most backends need none)
         """Checks that need the service (credentials, a tunable base model), run once before
         the first trial so a sweep that cannot work fails before spending anything."""
+
+    def create_call(self, request: JobRequest) -> CreateCall:
+        """The create call :meth:`submit` would make for ``request``, from the same encoders
+        (``gemini-sweep export`` asks for it, so an export is what the backend sends).
+
+        Raises:
+            BackendError: this backend has no service call to show (local, replay).
+        """
+        raise BackendError(f"the {self.kind or type(self).__name__} backend has no service "
+                           "request to export")
+
+    def upload_bytes(self, request: JobRequest) -> int | None:
+        """The size of what :meth:`submit` sends for ``request``'s training examples, from the
+        encoders it sends them with: the number the service's size limit applies to (the
+        inline create body, or the uploaded training file). None: no such limit."""
+        del request
+        return None
+
+    def training_tokens_per_epoch(self, train: Sequence[Example]) -> int | None:
+        """The training tokens one epoch over ``train`` is billed for, counted the way this
+        backend (or its service) counts them; None when it cannot tell before a job runs.
+
+        The sweep's budget commits ``epochs`` x this number for a job before submitting it,
+        so a budget is not overrun because an estimate undercounted; with None it falls back
+        to the dataset's own estimate and corrects it from what jobs report.
+        """
+        del train
+        return None
 
     def generate(self, ref: JobRef, prompts: Sequence[str]) -> list[str]:
         """The tuned model's answers to ``prompts`` (for held-out evaluation)."""

@@ -48,6 +48,7 @@ from gemini_backend._retry import Backoff
 from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
 from gemini_backend.base import Capabilities
+from gemini_backend.base import CreateCall
 from gemini_backend.base import JobRef
 from gemini_backend.base import JobRequest
 from gemini_backend.base import JobStatus
@@ -162,6 +163,17 @@ class GeminiApiBackend(BaseBackend):
 
     # --- jobs ----------------------------------------------------------------------------
 
+    def create_call(self, request: JobRequest) -> CreateCall:
+        """The ``tunedModels.create`` body ``submit`` sends (examples inline, no files)."""
+        body = tuned_model_body(request, base_model=request.base_model or
+                                self.config.base_model,
+                                learning_rate=self.config.use_learning_rate)
+        return CreateCall(body=body)
+
+    def upload_bytes(self, request: JobRequest) -> int | None:
+        """Bytes of the create body ``submit`` sends, examples inline (its request limit)."""
+        return len(encode_body(self.create_call(request).body))
+
     def submit(self, request: JobRequest) -> JobRef:
         """Create the tuned model under the id derived from the key; 409 means it exists.
 
@@ -173,10 +185,7 @@ class GeminiApiBackend(BaseBackend):
         limits = limits_for(self.kind)
         check_examples(request, limits)
         model_id = tuned_model_id(request.idempotency_key)
-        body = tuned_model_body(request, base_model=request.base_model or
-                                self.config.base_model,
-                                learning_rate=self.config.use_learning_rate)
-        payload = encode_body(body)
+        payload = encode_body(self.create_call(request).body)
         check_size(payload, limits)
         ref = JobRef(backend=self.kind, job_id=f"tunedModels/{model_id}",
                      idempotency_key=request.idempotency_key)

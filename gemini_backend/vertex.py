@@ -21,6 +21,7 @@ sent again until the job has stayed absent from the (possibly lagging) list for
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -39,6 +40,7 @@ from pydantic import field_validator
 from pydantic import model_validator
 
 from gemini_backend._gcs import RESUMABLE_THRESHOLD_BYTES
+from gemini_backend._gcs import object_name
 from gemini_backend._google_auth import CLOUD_PLATFORM_SCOPE
 from gemini_backend._google_auth import oauth_session
 from gemini_backend._retry import Backoff
@@ -69,6 +71,7 @@ from gemini_backend._vertex_wiring import vertex_base_url
 from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
 from gemini_backend.base import Capabilities
+from gemini_backend.base import CreateCall
 from gemini_backend.base import JobRef
 from gemini_backend.base import JobRequest
 from gemini_backend.base import JobState
@@ -261,6 +264,31 @@ class VertexBackend(BaseBackend):
             f"the list does not show yet; not creating again for {remaining:.0f}s "
             f"(list_lag_window_s)",
             retry_after_s=next_check_delay(attempt, now, **timing))
+
+    def create_call(self, request: JobRequest) -> CreateCall:
+        """The ``tuningJobs.create`` body ``submit`` sends, with the JSONL files it uploads
+        first under their content-addressed names (so a sweep's uploads are reused). A batch
+        size on a Gemini model, which ``submit`` rejects, is left out with a note."""
+        notes: tuple[str, ...] = ()
+        model = request.base_model or self.config.base_model
+        if request.batch_size is not None and is_gemini_model(model):
+            notes = (f"batch_size {request.batch_size} is left out: Vertex takes a batch size "
+                     f"only for open models and picks one for {model}.",)
+            request = dataclasses.replace(request, batch_size=None)
+        train, validation = dataset_files(
+            request, system_instruction=self.config.system_instruction,
+            limits=limits_for(self.kind))
+        prefix, bucket = self.config.dataset_prefix, self.config.bucket
+        files = {f"gs://{bucket}/{object_name(data, prefix=prefix)}": data
+                 for data in (train, validation) if data}
+        uris = list(files)
+        body = self._body(request, uris[0], uris[1] if validation else None)
+        return CreateCall(body=body, files=files, notes=notes)
+
+    def upload_bytes(self, request: JobRequest) -> int | None:
+        """Bytes of the training JSONL ``submit`` uploads (Vertex's file-size limit)."""
+        return len(examples_to_jsonl(request.train,
+                                     system_instruction=self.config.system_instruction))
 
     def find(self, idempotency_key: str) -> JobRef | None:
         """The job labelled with this key: listed with a label filter, matched client-side."""

@@ -16,19 +16,19 @@ if TYPE_CHECKING:
     from sweeps.config import load_config
     from sweeps.dataset import Dataset
     from sweeps.dataset import load_dataset
-    from sweeps.errors import BudgetExhausted
     from sweeps.errors import ConfigError
     from sweeps.errors import DatasetError
+    from sweeps.errors import ServiceUnavailable
     from sweeps.errors import SweepError
     from sweeps.errors import TrackingError
     from sweeps.runner import SweepResult
     from sweeps.runner import run_sweep
 
 _HOMES = {
-    "BudgetExhausted": "sweeps.errors",
     "ConfigError": "sweeps.errors",
     "Dataset": "sweeps.dataset",
     "DatasetError": "sweeps.errors",
+    "ServiceUnavailable": "sweeps.errors",
     "SweepConfig": "sweeps.config",
     "SweepError": "sweeps.errors",
     "TrackingError": "sweeps.errors",
@@ -39,10 +39,10 @@ _HOMES = {
 }
 
 __all__ = [
-    "BudgetExhausted",
     "ConfigError",
     "Dataset",
     "DatasetError",
+    "ServiceUnavailable",
     "SweepConfig",
     "SweepError",
     "TrackingError",

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import optuna
 
 from gemini_backend import BackendError
+from gemini_backend import Backoff
 from gemini_backend import BaseBackend
 from gemini_backend import Example
 from gemini_backend import JobRef
-from gemini_backend import TransientError
-from gemini_backend._retry import Backoff
+from gemini_backend import retry_call
 from sweeps import budget
 from sweeps._trial_state import EvalRow
 from sweeps._trial_state import InFlight
@@ -83,6 +83,17 @@ class Evaluator:
         self.counts_tokens = backend.kind not in FREE_GENERATION_KINDS
         self._sleep = sleep
 
+    @property
+    def estimated_tokens(self) -> int:
+        """Generation tokens one evaluation is billed for, before it runs: each prompt and
+        an answer as long as the expected one (0 where generation is free). The budget
+        commits it with the trial's training tokens, so an evaluation is paid for before
+        the job that needs it starts."""
+        if not self.counts_tokens:
+            return 0
+        return sum(estimate_tokens(e.text_input or "") + estimate_tokens(e.output)
+                   for e in self.examples)
+
     def evaluate(self, ref: JobRef) -> EvalResult:
         """Answers and scores for every example; never raises for a backend or metric error
         (the result's ``error`` says what went wrong)."""
@@ -113,19 +124,9 @@ class Evaluator:
 
     def _generate(self, ref: JobRef, prompts: list[str]) -> list[str]:
         """One chunk's answers; transient errors retried with backoff, like the backends."""
-        delays = _BACKOFF.delays()
-        while True:
-            try:
-                answers = list(self.backend.generate(ref, prompts))
-                break
-            except TransientError as exc:
-                delay_s = next(delays, None)
-                if delay_s is None:
-                    raise
-                delay_s = exc.retry_after_s or delay_s
-                logger.warning("job=%s generate failed (%s); retrying in %.1fs", ref.job_id,
-                               exc.message, delay_s)
-                self._sleep(delay_s)
+        answers = retry_call(lambda _: list(self.backend.generate(ref, prompts)),
+                             what=f"job={ref.job_id} generate", backoff=_BACKOFF,
+                             sleep=self._sleep)
         if len(answers) != len(prompts):
             raise BackendError(f"the backend answered {len(answers)} of {len(prompts)} "
                                "prompts")
@@ -196,13 +197,6 @@ def objective_values(config: SweepConfig, outcome: TrialOutcome) -> list[float]:
     if len(config.objectives) > 1:
         values.append(cost_value(outcome))
     return values
-
-
-def is_better(config: SweepConfig, value: float, than: float | None) -> bool:
-    """Whether ``value`` of the quality objective beats ``than`` (None: anything does)."""
-    if than is None:
-        return True
-    return value > than if is_score_objective(config.objectives[0]) else value < than
 
 
 class EvaluationRunner:

@@ -128,8 +128,8 @@ def _last_ended_epoch(job: InFlight, final_state: JobState) -> int | None:
     """
     if job.stopped_after_epoch is not None:
         return job.stopped_after_epoch
-    if job.pruned and job.reported_epochs:
-        return max(job.reported_epochs)
+    if job.cancel_reason is not None and job.cancel_reason.epoch is not None:
+        return job.cancel_reason.epoch
     if final_state is JobState.SUCCEEDED:
         return None
     # Only when that gives a whole validation curve: with no validation at all, or with gaps
@@ -141,6 +141,8 @@ def _last_ended_epoch(job: InFlight, final_state: JobState) -> int | None:
 
 
 def _failure_reason(job: InFlight, final_state: JobState) -> str:
+    if job.cancel_reason is not None:
+        return job.cancel_reason.message
     if job.error_message:
         return job.error_message
     if final_state is JobState.CANCELLED:

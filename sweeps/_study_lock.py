@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -32,19 +31,21 @@ from typing import TypeVar
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from sweeps.errors import SweepError
+from gemini_backend import Backoff
+from gemini_backend import retry_call
+from sweeps.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
 #: How long a worker waits for the lock before giving up with an error (a holder keeps it
 #: for milliseconds; minutes mean something is wrong with the database).
 LOCK_TIMEOUT_S = 120
-_FIRST_USE_ATTEMPTS = 5
+_FIRST_USE_BACKOFF = Backoff(initial_s=0.7, multiplier=1.0, maximum_s=0.7, max_attempts=5)
 
 T = TypeVar("T")
 
 
-class StorageUnavailable(SweepError):
+class StorageUnavailable(ServiceUnavailable):
     """The study's database stopped answering during a sweep (jobs in flight keep running)."""
 
     @classmethod
@@ -127,16 +128,11 @@ def retry_first_use(action: Callable[[], T]) -> T:
     database race to create them, and the losers get a duplicate type or table error. The
     tables exist by then, so a second try succeeds.
     """
-    for attempt in range(1, _FIRST_USE_ATTEMPTS + 1):
-        try:
-            return action()
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
-            if attempt == _FIRST_USE_ATTEMPTS:
-                raise
-            logger.debug("opening the study collided with another worker (%s); retrying",
-                         exc.__class__.__name__)
-            time.sleep(0.2 + random.random() * 0.5)  # jitter: the workers do not collide again
-    raise AssertionError("unreachable")
+    collided = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
+    # Jittered waits: the workers do not collide again.
+    return retry_call(lambda _: action(), what="opening the study (another worker is "
+                      "creating its tables)", backoff=_FIRST_USE_BACKOFF,
+                      should_retry=lambda exc: isinstance(exc, collided))
 
 
 def advisory_key(lock_name: str) -> int:

@@ -10,7 +10,6 @@ after its run is written (invariant 2). Ctrl-C or a crash never cancels a job: t
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import Future
@@ -22,11 +21,13 @@ from typing import Any
 import optuna
 
 from gemini_backend import BackendError
+from gemini_backend import Backoff
 from gemini_backend import BaseBackend
 from gemini_backend import JobNotFound
 from gemini_backend import JobState
 from gemini_backend import JobStatus
 from gemini_backend import TransientError
+from gemini_backend import retry_call
 from sweeps import _trial_state as ts
 from sweeps._crashpoints import crash_point
 from sweeps._eval_run import EvaluationRunner
@@ -41,18 +42,23 @@ from sweeps._sweep_state import SweepState
 from sweeps._trial_state import InFlight
 from sweeps._trial_state import TrialOutcome
 from sweeps.config import SweepConfig
+from sweeps.errors import ServiceUnavailable
 from sweeps.fidelity import curve_patience
 from sweeps.fidelity import plateau_passed
+from sweeps.plateau import ended_epoch_losses
 from sweeps.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
 TrialState = optuna.trial.TrialState
 _BACKOFF = 1.5
-_HEARTBEAT_EVERY_S = 60.0
 _MAX_SUBMIT_ATTEMPTS = 8
 _MAX_POLL_ERRORS = 10
 _WRITE_WAIT_S = 0.05
+_CANCEL_BACKOFF = Backoff(initial_s=0.5, maximum_s=2.0, max_attempts=3)
+#: Polls of a job failing with retryable errors this long mean the service is down: the
+#: sweep stops (exit 3); its jobs keep running and the next `gemini-sweep run` collects them.
+_POLL_OUTAGE_S = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,7 @@ class SweepContext:
     data: PreparedData
     sweep_id: str
     worker_id: str
-    leases: StudyLeases | None = None  # shares the study with other workers (issue #8)
+    leases: StudyLeases  # shares the study with other workers (one worker: nobody else)
     evaluator: Evaluator | None = None  # held-out evaluation after each success (issue #9)
 
 
@@ -87,7 +93,7 @@ class SweepLoop:
         self._starting: dict[int, Future[str | None]] = {}
         self._can_prune = not isinstance(ctx.study.pruner, optuna.pruners.NopPruner)
         self._retries = RecordRetries()  # records that failed, tried again later
-        self._next_claim_s = clock() + (ctx.leases.claim_interval_s if ctx.leases else 0.0)
+        self._next_claim_s = clock() + ctx.leases.claim_interval_s
         self._evals = EvaluationRunner(ctx.evaluator, ctx.config) if ctx.evaluator else None
         # Optuna takes intermediate values only in single-objective studies; a maximized
         # (eval_*) study is reported -loss so its pruner still stops the high-loss trials.
@@ -104,9 +110,8 @@ class SweepLoop:
 
     def run_until_done(self, on_pass: Callable[[], None]) -> None:
         """Loop until every wanted trial is told (or the sweep stops); then wait for writes."""
-        if self.ctx.leases is not None:
-            self.ctx.leases.held = self.state.held_numbers()
-            self.ctx.leases.start_heartbeats()
+        self.ctx.leases.held = self.state.held_numbers()
+        self.ctx.leases.start_heartbeats()
         try:
             while True:
                 self._share_study()
@@ -127,8 +132,6 @@ class SweepLoop:
     def _share_study(self) -> None:
         """With other workers: drop trials they took over, adopt trials whose lease is free."""
         leases = self.ctx.leases
-        if leases is None:
-            return
         for number in leases.take_lost():
             is_held = number in self.state.held_numbers()  # not told since the renewal
             if not is_held or number in self._recording or number in self._retries:
@@ -174,7 +177,6 @@ class SweepLoop:
             status = self._poll(job)
             if status is not None:
                 self._update(job, status)
-            self._heartbeat(job)
 
     def _record_finished(self) -> None:
         for outcome in self._retries.due(self._clock()):
@@ -208,7 +210,7 @@ class SweepLoop:
             return not has_writes
         wants_more = self.state.may_start_trial(self._n_writes())
         # Stay while other workers hold trials: if one dies, this one takes its jobs over.
-        has_others = self.ctx.leases is not None and self.ctx.leases.n_held_by_others > 0
+        has_others = self.ctx.leases.n_held_by_others > 0
         return not (has_jobs or has_writes or wants_more or has_others)
 
     def _sleep_until_next_poll(self) -> None:
@@ -216,7 +218,7 @@ class SweepLoop:
         wake_s = [j.next_poll_s for j in self.state.in_flight.values()]
         wake_s = wake_s or [now + self._base_interval_s]
         wake_s += [self._retries.next_due_s] if self._retries.next_due_s is not None else []
-        wake_s += [self._next_claim_s] if self.ctx.leases is not None else []
+        wake_s += [self._next_claim_s]
         next_poll_s = min(wake_s)
         delay_s = max(0.0, next_poll_s - now)
         pending: list[Future[Any]] = [future for _, future in self._recording.values()]
@@ -282,10 +284,19 @@ class SweepLoop:
             return None
         except BackendError as exc:
             job.poll_errors += 1
+            now_s = self._clock()
+            if job.poll_failing_since_s is None:
+                job.poll_failing_since_s = now_s
             is_hopeless = not exc.retryable and job.poll_errors >= _MAX_POLL_ERRORS
             if is_hopeless:
                 self._finish(job, failed_outcome(job, f"polling failed: {exc.message}"))
                 return None
+            if exc.retryable and now_s - job.poll_failing_since_s > _POLL_OUTAGE_S:
+                raise ServiceUnavailable(
+                    f"the {self.ctx.backend.kind} service has not answered a poll of job "
+                    f"{job.ref.job_id} for {now_s - job.poll_failing_since_s:.0f}s "
+                    f"({exc.message}); jobs in flight keep running: run the same command "
+                    "again when it is back") from exc
             job.interval_s = min(self._max_interval_s, job.interval_s * 2)
             retry_after_s = getattr(exc, "retry_after_s", None)
             job.next_poll_s = self._clock() + (retry_after_s or job.interval_s)
@@ -293,6 +304,7 @@ class SweepLoop:
                            job.ref.job_id, exc.message, job.next_poll_s - self._clock())
             return None
         job.poll_errors = 0
+        job.poll_failing_since_s = None
         return status
 
     def _update(self, job: InFlight, status: JobStatus) -> None:
@@ -300,78 +312,82 @@ class SweepLoop:
                     or status.state is not job.last_state)
         job.snapshots, job.last_state = status.snapshots, status.state
         job.training_tokens = status.training_tokens
+        if not status.state.is_terminal():
+            self.state.job_reported(job)
         job.error_message = status.error_message
         job.checkpoints = status.checkpoints
         job.interval_s = (self._base_interval_s if has_news
                           else min(self._max_interval_s, job.interval_s * _BACKOFF))
         job.next_poll_s = self._clock() + job.interval_s
         is_terminal = status.state.is_terminal()
-        should_prune = self._report_epochs(job, is_terminal=is_terminal)
-        # Cancelled by our pruner in a process that died before recording it: still pruned.
-        was_pruned_before = (status.state is JobState.CANCELLED and bool(job.reported_epochs)
-                             and self._can_prune and job.trial.should_prune())
-        job.pruned = job.pruned or was_pruned_before
-        # Likewise stopped past its plateau (from_curve patience): it completes, not fails.
-        was_stopped_before = status.state is JobState.CANCELLED and not job.pruned
-        if was_stopped_before and job.stopped_after_epoch is None:
-            job.stopped_after_epoch = self._plateau_passed_at(job)
+        decided = self._report_epochs(job, is_terminal=is_terminal)
+        if status.state is JobState.CANCELLED and job.cancel_reason is None:
+            # Cancelled by another process that stored why first (a user's cancel command).
+            job.cancel_reason = self._stored_cancel_reason(job)
         if is_terminal:
+            # A cancel the sweep decided carries its stored reason (read back on resume, never
+            # asked of the pruner again); a CANCELLED job without one was cancelled outside.
             self._finish_or_evaluate(job, outcome_of(self.ctx.config, job,
                                                      final_state=status.state))
-        elif should_prune:
-            self._prune(job)
-        elif (passed_at := self._plateau_passed_at(job)) is not None:
-            self._stop_at_plateau(job, passed_at)
+        elif job.cancel_reason is not None:
+            self._cancel_and_finish(job)  # decided before a restart: it may not have landed
+        elif decided is not None:
+            self._decide_cancel(job, decided)
 
-    def _report_epochs(self, job: InFlight, *, is_terminal: bool) -> bool:
-        """Report each newly ended epoch's loss; True when the pruner wants the trial gone."""
-        if self._is_multi_objective:
-            return False
-        losses = ts.completed_epoch_losses(job.snapshots, is_terminal=is_terminal,
-                                           use_eval=self._use_eval)
-        new_epochs = [e for e in sorted(losses) if e not in job.reported_epochs]
-        for epoch in new_epochs:
-            job.trial.report(self._report_sign * losses[epoch], epoch)
+    def _report_epochs(self, job: InFlight, *, is_terminal: bool) -> ts.CancelReason | None:
+        """Report each newly ended epoch's loss in order, asking the pruner and from_curve
+        patience at every epoch boundary; the first that says stop decides, at that epoch.
+
+        However many epochs one poll reveals (a slow poll, a replay at any time scale), the
+        decision is the one taken epoch by epoch: it does not depend on when polls happen.
+        """
+        losses = ended_epoch_losses(job.snapshots, is_terminal=is_terminal,
+                                    use_eval=self._use_eval)
+        for epoch in [e for e in sorted(losses) if e not in job.reported_epochs]:
             job.reported_epochs.add(epoch)
-        return bool(new_epochs) and self._can_prune and job.trial.should_prune()
+            if not self._is_multi_objective:  # Optuna takes no intermediate values then
+                job.trial.report(self._report_sign * losses[epoch], epoch)
+            if is_terminal:
+                continue  # its outcome is decided by how it ended
+            if self._can_prune and job.trial.should_prune():
+                return ts.CancelReason(ts.CANCEL_PRUNED, epoch, f"pruned after epoch {epoch}")
+            so_far = {e: loss for e, loss in losses.items() if e <= epoch}
+            if plateau_passed(so_far, self._patience):
+                # It completes on the epochs that had ended, not pruned: its best is known.
+                return ts.CancelReason(ts.CANCEL_STOPPED, epoch, f"stopped after epoch "
+                                       f"{epoch}: {self._patience} epochs without a new best")
+        return None
 
-    def _plateau_passed_at(self, job: InFlight) -> int | None:
-        """The last ended epoch, when from_curve patience says the job is past its plateau."""
-        if self._patience is None:
-            return None
-        losses = ts.completed_epoch_losses(job.snapshots, is_terminal=False,
-                                           use_eval=self._use_eval)
-        return max(losses) if plateau_passed(losses, self._patience) else None
+    def _stored_cancel_reason(self, job: InFlight) -> ts.CancelReason | None:
+        """The reason on the trial in storage now (this process's copy is a cache)."""
+        running = self.ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        mine = [t for t in running if t.number == job.number]
+        return ts.stored_cancel_reason(mine[0]) if mine else None
 
-    def _prune(self, job: InFlight) -> None:
-        assert job.ref is not None
+    def _decide_cancel(self, job: InFlight, reason: ts.CancelReason) -> None:
+        """Store why the job is cancelled on its trial, then cancel it (invariant 1)."""
+        job.cancel_reason = reason
+        job.trial.set_user_attr(ts.ATTR_CANCEL_REASON, reason.to_dict())
+        crash_point("after_cancel_reason")
+        self._cancel_and_finish(job)
+
+    def _cancel_and_finish(self, job: InFlight) -> None:
+        assert job.ref is not None and job.cancel_reason is not None
         self._cancel(job)
-        logger.info("trial=%d job=%s pruned after epoch %d", job.number, job.ref.job_id,
-                    max(job.reported_epochs))
-        job.pruned = True
-        self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
-
-    def _stop_at_plateau(self, job: InFlight, last_epoch: int) -> None:
-        """from_curve patience: the job is past its plateau; it completes on the epochs that
-        had ended (``last_epoch``), not pruned: its best epoch is known."""
-        assert job.ref is not None
-        job.stopped_after_epoch = last_epoch
-        self._cancel(job)
-        logger.info("trial=%d job=%s stopped after epoch %s: %d epochs without a new best",
-                    job.number, job.ref.job_id, job.stopped_after_epoch, self._patience)
+        logger.info("trial=%d job=%s %s", job.number, job.ref.job_id, job.cancel_reason.message)
         self._finish(job, outcome_of(self.ctx.config, job, final_state=job.last_state))
 
     def _cancel(self, job: InFlight) -> None:
         """Cancel the job (a few tries) and keep the points it reported up to the cancel."""
         assert job.ref is not None
-        for attempt in range(3):
-            try:
-                self.ctx.backend.cancel(job.ref)
-                break
-            except TransientError as exc:
-                logger.warning("trial=%d job=%s cancel failed (%s)", job.number,
-                               job.ref.job_id, exc.message)
-                self._sleep(0.5 * (attempt + 1))
+        ref = job.ref
+        try:
+            retry_call(lambda _: self.ctx.backend.cancel(ref), backoff=_CANCEL_BACKOFF,
+                       what=f"trial={job.number} job={ref.job_id} cancel", sleep=self._sleep)
+        except TransientError as exc:
+            logger.warning("trial=%d job=%s cancel failed (%s); its reason is stored, so the "
+                           "next `gemini-sweep run` cancels it", job.number, ref.job_id,
+                           exc.message)
         try:  # the points reported up to the cancel belong in the record too
             job.snapshots = self.ctx.backend.poll(job.ref).snapshots or job.snapshots
         except BackendError as exc:
@@ -397,15 +413,6 @@ class SweepLoop:
         if self._evals is not None:
             for job, outcome in self._evals.finished():
                 self._finish(job, outcome)
-
-    def _heartbeat(self, job: InFlight) -> None:
-        if self.ctx.leases is not None:
-            return  # the leases' own thread writes heartbeats, on the lock's clock
-        now = self._clock()
-        if now - job.last_heartbeat_s >= _HEARTBEAT_EVERY_S and job.number in \
-                self.state.in_flight:
-            job.trial.set_user_attr(ts.ATTR_HEARTBEAT, time.time())
-            job.last_heartbeat_s = now
 
 
 def _warn_if_failed(future: Future[str | None]) -> None:

@@ -8,7 +8,6 @@ them, so nothing depends on the memory of a process that may have been killed.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,7 +17,6 @@ import optuna
 
 from sweeps import _trial_state as ts
 from sweeps import budget
-from sweeps._eval_run import is_better
 from sweeps._eval_run import objective_values
 from sweeps._trial_state import InFlight
 from sweeps._trial_state import TrialOutcome
@@ -26,6 +24,9 @@ from sweeps.config import SweepConfig
 from sweeps.fidelity import ATTR_EPOCHS_MODE
 from sweeps.fidelity import FROM_CURVE
 from sweeps.fidelity import is_from_curve
+from sweeps.results import TrialRecord
+from sweeps.results import pick_best
+from sweeps.results import trial_record
 from sweeps.search_space import grid_size
 from sweeps.search_space import min_epochs
 from sweeps.search_space import suggest_knobs
@@ -95,13 +96,19 @@ class SweepState:
         self.is_failed = False
         self._no_more_trials = False
         self._ahead: deque[InFlight] = deque()
-        # By the quality objective (values[0]: `value` raises in multi-objective studies).
-        self.best_number: int | None = None
-        self.best_value: float | None = None
-        for t in finished:
-            if t.state is TrialState.COMPLETE and t.values and is_better(
-                    config, t.values[0], self.best_value):
-                self.best_number, self.best_value = t.number, t.values[0]
+        # One rule with status and export (sweeps.results.pick_best).
+        self._maximize = config.directions[0] == "maximize"
+        self.best: TrialRecord | None = pick_best(
+            (trial_record(t) for t in finished if t.state is TrialState.COMPLETE),
+            maximize=self._maximize)
+
+    @property
+    def best_number(self) -> int | None:
+        return self.best.number if self.best is not None else None
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best.value if self.best is not None else None
 
     @property
     def n_finished(self) -> int:
@@ -153,7 +160,8 @@ class SweepState:
 
     def _ask(self, ctx: SweepContext, now_s: float) -> InFlight | None:
         """Ask Optuna for a trial the budget can pay for; store its key before any submit."""
-        cheapest = self.tokens_per_epoch * min_epochs(self.config.search_space)
+        eval_estimate = ctx.evaluator.estimated_tokens if ctx.evaluator is not None else 0
+        cheapest = self.tokens_per_epoch * min_epochs(self.config.search_space) + eval_estimate
         check = self._check_budget(cheapest)
         if not check.fits:
             if not self.in_flight:  # nothing will come back to free budget: stop here
@@ -164,7 +172,7 @@ class SweepState:
             return None
         knobs = suggest_knobs(trial, self.config.search_space)
         estimate = budget.estimate_tokens(self.tokens_per_epoch, int(knobs["epochs"]))
-        check = self._check_budget(estimate)
+        check = self._check_budget(estimate + eval_estimate)
         if not check.fits:
             trial.set_user_attr(ts.ATTR_FAIL_REASON, check.reason)
             ctx.study.tell(trial, state=TrialState.FAIL)
@@ -180,12 +188,11 @@ class SweepState:
             trial.set_user_attr(ATTR_EPOCHS_MODE, FROM_CURVE)
         trial.set_user_attr(ts.ATTR_KEY, key)  # before submit: a restart finds the job by it
         return self._commit(InFlight(trial=trial, knobs=knobs, key=key,
-                                     estimate_tokens=estimate, next_poll_s=now_s))
+                                     estimate_tokens=estimate, next_poll_s=now_s,
+                                     eval_estimate_tokens=eval_estimate))
 
     def _ask_study(self, ctx: SweepContext, now_s: float) -> optuna.trial.Trial | None:
         """A new trial, within n_trials and study_concurrency counted over every worker."""
-        if ctx.leases is None:
-            return ctx.study.ask()
         # The leases count every trial of the study, warm-start copies too.
         asked = ctx.leases.ask(max_trials=self.max_trials + self.n_warm_start, now_s=now_s)
         if asked.is_exhausted:  # the other workers asked the rest: not an error
@@ -202,13 +209,12 @@ class SweepState:
         dropped += [j for j in self._ahead if j.number == number]
         self._ahead = deque(j for j in self._ahead if j.number != number)
         for job in dropped:
-            self.committed_tokens -= job.estimate_tokens
+            self.committed_tokens -= job.committed_tokens
         self._trials.pop(number, None)
 
     def adopt_running_trials(self, ctx: SweepContext, now_s: float) -> int:
         """Take over the RUNNING trials no live worker holds (see :mod:`sweeps._lease`)."""
-        running = (ctx.leases.claim_orphans(self.held_numbers()) if ctx.leases is not None
-                   else ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        running = ctx.leases.claim_orphans(self.held_numbers())
         for frozen in running:
             self.unrecorded.discard(frozen.number)  # adopted again: recorded when it ends
             trial = optuna.trial.Trial(ctx.study, frozen._trial_id)
@@ -223,13 +229,16 @@ class SweepState:
                 trial.set_user_attr(ts.ATTR_KEY, key)
             estimate = int(frozen.user_attrs.get(ts.ATTR_ESTIMATE) or budget.estimate_tokens(
                 self.tokens_per_epoch, int(knobs["epochs"])))
+            eval_estimate = ctx.evaluator.estimated_tokens if ctx.evaluator is not None else 0
             trial.set_user_attr(ts.ATTR_WORKER, ctx.worker_id)
             # A key without a job ref: the submit may have happened, so look it up first.
             was_submitted = frozen.user_attrs.get(ts.ATTR_KEY) is not None and ref is None
             job = self._commit(InFlight(trial=trial, knobs=knobs, key=key,
                                         estimate_tokens=estimate, ref=ref, next_poll_s=now_s,
+                                        eval_estimate_tokens=eval_estimate,
                                         submit_attempts=1 if was_submitted else 0,
-                                        reported_epochs=set(frozen.intermediate_values)))
+                                        reported_epochs=set(frozen.intermediate_values),
+                                        cancel_reason=ts.stored_cancel_reason(frozen)))
             self.in_flight[job.number] = job
             logger.info("trial=%d re-attached (job=%s)", frozen.number,
                         ref.job_id if ref else "looked up by key")
@@ -238,8 +247,16 @@ class SweepState:
     def _commit(self, job: InFlight) -> InFlight:
         """Count the job's estimate as committed budget (it is about to be submitted)."""
         self._trials[job.number] = job.trial
-        self.committed_tokens += job.estimate_tokens
+        self.committed_tokens += job.committed_tokens
         return job
+
+    def job_reported(self, job: InFlight) -> None:
+        """Correct the budget from what a running job reports it has been billed so far
+        (or, on Vertex, for the whole job): its commitment never stays below that."""
+        used = job.training_tokens
+        if used is not None and used > job.estimate_tokens:
+            self.committed_tokens += used - job.estimate_tokens
+            job.estimate_tokens = used
 
     def _check_budget(self, estimate: int) -> budget.BudgetCheck:
         return budget.check_trial(self.config.budget, estimate=estimate,
@@ -256,7 +273,7 @@ class SweepState:
     def job_finished(self, job: InFlight, outcome: TrialOutcome) -> None:
         """The job is over (its run is being written); move its tokens to spent."""
         self.in_flight.pop(job.number, None)
-        self.committed_tokens -= job.estimate_tokens
+        self.committed_tokens -= job.committed_tokens
         self.spent_tokens += outcome.training_tokens + outcome.eval_tokens
         # Counted now, not at tell, so no new job starts while the stop is decided.
         if outcome.state is TrialState.FAIL:
@@ -275,20 +292,25 @@ class SweepState:
             trial.set_user_attr(key, value)
         # skip_if_finished: another worker of the same study may have told it already.
         if outcome.state is TrialState.COMPLETE:
-            study.tell(trial, objective_values(self.config, outcome), skip_if_finished=True)
-            self._completed(outcome)
+            values = objective_values(self.config, outcome)
+            study.tell(trial, values, skip_if_finished=True)
+            self._completed(outcome, values)
         else:
             study.tell(trial, state=outcome.state, skip_if_finished=True)
             self._not_completed(outcome)
 
-    def _completed(self, outcome: TrialOutcome) -> None:
+    def _completed(self, outcome: TrialOutcome, values: list[float]) -> None:
         self.n_complete += 1
-        value = outcome.value if outcome.value is not None else math.inf
-        if is_better(self.config, value, self.best_value):
-            self.best_number, self.best_value = outcome.number, value
+        record = TrialRecord(
+            number=outcome.number, state=TrialState.COMPLETE.name, knobs=dict(outcome.knobs),
+            value=values[0], values=tuple(values), plateau_epoch=outcome.plateau_epoch,
+            recommended_epochs=outcome.recommended_epochs,
+            training_tokens=outcome.training_tokens)
+        candidates = [record] if self.best is None else [self.best, record]
+        self.best = pick_best(candidates, maximize=self._maximize)
         logger.info("trial=%d job=%s finished: %s=%.4g, plateau at epoch %s", outcome.number,
                     outcome.job_ref.job_id if outcome.job_ref else "-", self.config.objective,
-                    value, outcome.plateau_epoch)
+                    values[0], outcome.plateau_epoch)
 
     def _not_completed(self, outcome: TrialOutcome) -> None:
         if outcome.state is TrialState.PRUNED:

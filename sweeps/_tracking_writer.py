@@ -28,6 +28,8 @@ from mlflow.entities import Run
 from mlflow.entities import RunStatus
 from mlflow.entities import RunTag
 
+from gemini_backend import Backoff
+from gemini_backend import retry_call
 from sweeps.errors import TrackingError
 
 logger = logging.getLogger(__name__)
@@ -48,22 +50,19 @@ T = TypeVar("T")
 
 
 def with_retries(
-    what: str, action: Callable[[], T], *, attempts: int = 3, first_delay_s: float = 0.5
+    what: str, action: Callable[[], T], *, attempts: int = 3, first_delay_s: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run ``action``; on an error retry with backoff, then raise :class:`TrackingError`."""
-    delay_s = first_delay_s
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except Exception as exc:  # MLflow raises many types (SQL, HTTP, OS): all retried
-            if attempt == attempts:
-                raise TrackingError(f"MLflow: {what} failed after {attempts} attempts: "
-                                    f"{exc}") from exc
-            logger.warning("MLflow: %s failed (attempt %d of %d), retrying in %.1fs: %s",
-                           what, attempt, attempts, delay_s, exc)
-            time.sleep(delay_s)
-            delay_s *= 2
-    raise AssertionError("unreachable")
+    backoff = Backoff(initial_s=first_delay_s, maximum_s=first_delay_s * 2 ** attempts,
+                      max_attempts=attempts)
+    try:
+        # MLflow raises many types (SQL, HTTP, OS) for an outage: every error is retried.
+        return retry_call(lambda _: action(), what=f"MLflow: {what}", backoff=backoff,
+                          sleep=sleep, should_retry=lambda exc: True)
+    except Exception as exc:
+        raise TrackingError(f"MLflow: {what} failed after {attempts} attempts: "
+                            f"{exc}") from exc
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:

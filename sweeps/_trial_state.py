@@ -7,8 +7,6 @@ trial user attribute, written before (key) and right after (job reference) the s
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -48,6 +46,14 @@ ATTR_COST = "cost"
 ATTR_STOPPED_AFTER = "stopped_after_epoch"
 #: Checkpoints the service kept ``[{"checkpoint_id", "epoch", "step"}]`` (Vertex, local).
 ATTR_CHECKPOINTS = "checkpoints"
+#: Why the sweep cancelled the trial's job, written *before* the cancel call (invariant 1):
+#: ``{"kind": "pruned" | "stopped" | "user" | "budget", "epoch": int | None, "message": str}``.
+#: A resumed sweep reads it back instead of asking the pruner again.
+ATTR_CANCEL_REASON = "cancel_reason"
+CANCEL_PRUNED = "pruned"
+CANCEL_STOPPED = "stopped"  # from_curve patience: past its plateau; the trial completes
+CANCEL_USER = "user"
+CANCEL_BUDGET = "budget"
 #: Study user attribute: a random id that makes idempotency keys unique to this study.
 STUDY_ATTR_SWEEP_ID = "gemini_sweep.sweep_id"
 
@@ -67,6 +73,32 @@ def stored_job_ref(trial: optuna.trial.FrozenTrial) -> JobRef | None:
     return JobRef.from_dict(data) if isinstance(data, dict) else None
 
 
+@dataclass(frozen=True, slots=True)
+class CancelReason:
+    """Why the sweep cancelled a job: ``kind`` (``CANCEL_*``), the epoch that decided it
+    (the last epoch the trial is scored on), and a line for the user."""
+
+    kind: str
+    epoch: int | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "epoch": self.epoch, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: object) -> CancelReason | None:
+        if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+            return None
+        epoch = data.get("epoch")
+        return cls(kind=data["kind"], epoch=epoch if isinstance(epoch, int) else None,
+                   message=str(data.get("message") or data["kind"]))
+
+
+def stored_cancel_reason(trial: optuna.trial.FrozenTrial) -> CancelReason | None:
+    """The cancel reason written on ``trial`` before its job was cancelled, if any."""
+    return CancelReason.from_dict(trial.user_attrs.get(ATTR_CANCEL_REASON))
+
+
 @dataclass(slots=True)
 class InFlight:
     """A trial the runner is driving, from submit to tell. Mutable: the runner's own state.
@@ -77,26 +109,31 @@ class InFlight:
     trial: optuna.trial.Trial
     knobs: dict[str, Any]
     key: str
-    estimate_tokens: int
+    estimate_tokens: int  # training tokens the job is billed for, corrected as it reports
     ref: JobRef | None = None
+    eval_estimate_tokens: int = 0  # generation tokens of its evaluation, when billed
     next_poll_s: float = 0.0
     interval_s: float = 1.0
     submit_attempts: int = 0
     poll_errors: int = 0
+    poll_failing_since_s: float | None = None  # loop clock of the first failed poll in a row
     last_state: JobState = JobState.QUEUED
     snapshots: tuple[LossSnapshot, ...] = ()
     training_tokens: int | None = None
     error_message: str | None = None
     checkpoints: tuple[Checkpoint, ...] = ()
     reported_epochs: set[int] = field(default_factory=set)
-    pruned: bool = False
-    # Set when from_curve patience cancelled the job: the last epoch it is scored on.
-    stopped_after_epoch: int | None = None
-    last_heartbeat_s: float = -math.inf
+    # Why the sweep cancelled this job (stored on the trial first); None while it runs.
+    cancel_reason: CancelReason | None = None
 
     @property
     def number(self) -> int:
         return self.trial.number
+
+    @property
+    def committed_tokens(self) -> int:
+        """What the budget holds for this job until it is over: training and evaluation."""
+        return self.estimate_tokens + self.eval_estimate_tokens
 
     @property
     def epochs(self) -> int:
@@ -105,6 +142,16 @@ class InFlight:
     @property
     def epochs_completed(self) -> int:
         return max((s.epoch for s in self.snapshots), default=0)
+
+    @property
+    def pruned(self) -> bool:
+        return self.cancel_reason is not None and self.cancel_reason.kind == CANCEL_PRUNED
+
+    @property
+    def stopped_after_epoch(self) -> int | None:
+        """The last epoch of a job from_curve patience cancelled past its plateau."""
+        reason = self.cancel_reason
+        return reason.epoch if reason is not None and reason.kind == CANCEL_STOPPED else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,27 +218,3 @@ class TrialOutcome:
             attrs[ATTR_CHECKPOINTS] = [{"checkpoint_id": c.checkpoint_id, "epoch": c.epoch,
                                      "step": c.step} for c in self.checkpoints]
         return attrs
-
-
-def completed_epoch_losses(
-    snapshots: Sequence[LossSnapshot], *, is_terminal: bool, use_eval: bool
-) -> dict[int, float]:
-    """The loss of each epoch that has ended: eval loss when validating, else the epoch's
-    mean train loss.
-
-    An epoch has ended when a later one started or the job is terminal; when validating,
-    also as soon as its eval loss arrived, since backends measure it at the end of the epoch
-    (the :class:`LossSnapshot` contract). That lets a pruner or patience cancel the job at
-    the end of epoch k instead of one poll into epoch k + 1, which is paid for.
-    """
-    last_epoch = max((s.epoch for s in snapshots), default=0)
-    train: dict[int, list[float]] = {}
-    evals: dict[int, float] = {}
-    for snap in snapshots:
-        train.setdefault(snap.epoch, []).append(snap.loss)
-        if snap.eval_loss is not None:
-            evals[snap.epoch] = snap.eval_loss
-    if use_eval:
-        return {e: evals[e] for e in sorted(evals)}
-    ended = [e for e in sorted(train) if e < last_epoch or is_terminal]
-    return {e: sum(train[e]) / len(train[e]) for e in ended}

@@ -22,6 +22,9 @@ from typing import Any
 
 from gemini_backend import DatasetLimits
 from gemini_backend import Example
+from gemini_backend import JobRequest
+from gemini_backend import config_model
+from gemini_backend import create_backend
 from gemini_backend import limits_for
 from sweeps import _dataset_checks as checks
 from sweeps._dataset_formats import read_records
@@ -217,27 +220,36 @@ def load_dataset(path: str | Path, *, preamble: str = "", backend: str = "local"
 
 
 def gemini_api_request_bytes(examples: Sequence[Example]) -> int:
-    """Size of a ``tunedModels.create`` body carrying ``examples`` inline, encoded as the
-    gemini-api backend sends it (compact UTF-8 JSON), with the longest name and all knobs,
-    so a dataset that passes here is never rejected for size at submit."""
-    wire = [{"textInput": e.text_input, "output": e.output} if e.text_input is not None
-            else {"output": e.output} for e in examples]
-    body = {"displayName": "x" * 40, "baseModel": "models/gemini-1.5-flash-001-tuning",
-            "tuningTask": {"hyperparameters": {"epochCount": 100, "batchSize": 64,
-                                               "learningRateMultiplier": 1.0},
-                           "trainingData": {"examples": {"examples": wire}}}}
-    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    """Size of a ``tunedModels.create`` body carrying ``examples`` inline, measured by the
+    gemini-api backend on the body it sends, with the longest name and all knobs, so a
+    dataset that passes here is never rejected for size at submit."""
+    request = JobRequest(train=tuple(examples), epochs=100, batch_size=64,
+                         learning_rate_multiplier=1.0, display_name="x" * 40,
+                         base_model="models/gemini-1.5-flash-001-tuning", idempotency_key="size")
+    return _measured_by("gemini-api", request)
 
 
 def vertex_jsonl_bytes(examples: Sequence[Example]) -> int:
-    """Size of the Vertex AI training file (one ``contents`` line per example, UTF-8)."""
-    total = 0
-    for e in examples:
-        turns = [] if e.text_input is None else [{"role": "user",
-                                                  "parts": [{"text": e.text_input}]}]
-        turns.append({"role": "model", "parts": [{"text": e.output}]})
-        total += len(json.dumps({"contents": turns}, ensure_ascii=False).encode("utf-8")) + 1
-    return total
+    """Size of the Vertex AI training file, measured by the Vertex backend on the file it
+    uploads (without a system instruction, which the sweep's run adds to the check)."""
+    request = JobRequest(train=tuple(examples), epochs=1, learning_rate_multiplier=1.0,
+                         base_model="", display_name="size", idempotency_key="size")
+    return _measured_by("vertex", request)
+
+
+_SIZE_PROBE_SETTINGS: dict[str, dict[str, str]] = {
+    "gemini-api": {"kind": "gemini-api"},
+    "vertex": {"kind": "vertex", "project": "size-check", "bucket": "size-check"},
+}
+
+
+def _measured_by(kind: str, request: JobRequest) -> int:
+    """What the ``kind`` backend says it sends for ``request`` (it never calls out here)."""
+    settings = config_model(kind).model_validate(_SIZE_PROBE_SETTINGS[kind])
+    with create_backend(settings, base_dir=Path(".")) as backend:
+        size = backend.upload_bytes(request)
+    assert size is not None, f"the {kind} backend has a size limit, so it measures its upload"
+    return size
 
 
 def _stats(dataset: Dataset, train: tuple[Example, ...], validation: tuple[Example, ...],

@@ -5,8 +5,9 @@
     SweepError
       ConfigError      the sweep YAML is invalid; names the key path and its line (ValueError)
       DatasetError     the dataset is invalid; lists every problem with file, line and field
-      TrackingError    MLflow could not be written after retries
-      BudgetExhausted  the next trial would exceed the budget
+      ServiceUnavailable  a service the sweep needs is unreachable or failing (not the
+                          user's input): the study's storage, MLflow, the tuning service
+        TrackingError     MLflow could not be written after retries
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ class DatasetError(SweepError, ValueError):
         self.problems = problems or []
 
 
-class TrackingError(SweepError):
+class ServiceUnavailable(SweepError):
+    """A service the sweep needs is unreachable or failing; trying again later may work.
+
+    The CLI exits with its own code for it (``EXIT_UNAVAILABLE``), distinct from bad input,
+    so a script can retry an outage and stop on a config error.
+    """
+
+
+class TrackingError(ServiceUnavailable):
     """MLflow could not be written."""
 
 
-class BudgetExhausted(SweepError):
-    """The next trial would spend more than the budget has left."""
-
-
-__all__ = ["BudgetExhausted", "ConfigError", "DatasetError", "SweepError", "TrackingError"]
+__all__ = ["ConfigError", "DatasetError", "ServiceUnavailable", "SweepError", "TrackingError"]

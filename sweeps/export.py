@@ -27,15 +27,12 @@ from typing import Literal
 
 import yaml
 
+from gemini_backend import BaseBackend
+from gemini_backend import CreateCall
 from gemini_backend import JobRequest
-from gemini_backend._gcs import object_name
-from gemini_backend._vertex_wire import is_gemini_model
-from gemini_backend.gemini_api import DEFAULT_BASE_MODEL as GEMINI_API_BASE_MODEL
-from gemini_backend.gemini_api import tuned_model_body
+from gemini_backend import config_model
+from gemini_backend import create_backend
 from gemini_backend.gemini_api import tuned_model_id
-from gemini_backend.vertex import DEFAULT_BASE_MODEL as VERTEX_BASE_MODEL
-from gemini_backend.vertex import examples_to_jsonl
-from gemini_backend.vertex import tuning_job_body
 from sweeps import _export_snippets as snippets
 from sweeps.config import SweepConfig
 from sweeps.cost_frontier import sweep_notes
@@ -46,6 +43,7 @@ from sweeps.fidelity import FROM_CURVE
 from sweeps.fidelity import schedule_caveat
 from sweeps.results import SweepResults
 from sweeps.results import TrialRecord
+from sweeps.results import recommended_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +121,7 @@ def recommend(trial: TrialRecord) -> Recommendation:
     """Epochs to set: the plateau epoch (more if the curve was still falling), with notes."""
     epochs_run = int(trial.knobs.get("epochs") or trial.epochs_completed or 1)
     plateau = trial.plateau_epoch
-    epochs = trial.recommended_epochs or plateau or epochs_run
+    epochs = recommended_epochs(trial)
     flags = dict(trial.flags)
     checkpoint = _checkpoint_of(trial, plateau)
     notes: list[str] = []
@@ -255,11 +253,9 @@ def export_key(best: BestConfig) -> str:
 
 def gemini_api_body(config: SweepConfig, best: BestConfig, *,
                     base_model: str | None = None) -> dict[str, Any]:
-    """The exact ``tunedModels.create`` body of the best config (section 1.5)."""
-    model = base_model or _base_model_for(config, "gemini-api") or GEMINI_API_BASE_MODEL
-    learning_rate = getattr(config.backend, "use_learning_rate", None)
-    return tuned_model_body(_request(config, best, base_model=model),
-                            learning_rate=learning_rate)
+    """The exact ``tunedModels.create`` body of the best config (section 1.5), as the
+    gemini-api backend renders it."""
+    return _create_call(config, best, "gemini-api", base_model=base_model).body
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,34 +269,35 @@ class VertexExport:
 
 def vertex_export(config: SweepConfig, best: BestConfig, *,
                   base_model: str | None = None) -> VertexExport:
-    """The exact ``tuningJobs.create`` body (section 2.4), with content-addressed dataset
-    URIs: the same names the Vertex backend uploads to, so a sweep's files are reused."""
-    model = base_model or _base_model_for(config, "vertex") or VERTEX_BASE_MODEL
-    request = _request(config, best, base_model=model)
-    system = getattr(config.backend, "system_instruction", None)
-    train = examples_to_jsonl(request.train, system_instruction=system)
-    validation = examples_to_jsonl(request.validation, system_instruction=system) \
-        if request.validation else b""
-    bucket = getattr(config.backend, "bucket", None) or "YOUR_BUCKET"
-    prefix = getattr(config.backend, "dataset_prefix", "gemini-sweep/datasets")
-    files = {f"gs://{bucket}/{object_name(train, prefix=prefix)}": train}
-    val_uri = f"gs://{bucket}/{object_name(validation, prefix=prefix)}" if validation else None
-    if val_uri:
-        files[val_uri] = validation
-    adapter = request.extra_knobs.get("adapter_size")
-    drops_batch = request.batch_size is not None and is_gemini_model(model)
-    notes = (f"batch_size {request.batch_size} is left out: Vertex takes a batch size only "
-             f"for open models and picks one for {model}.",) if drops_batch else ()
-    body = tuning_job_body(
-        base_model=model, training_dataset_uri=next(iter(files)),
-        validation_dataset_uri=val_uri, epochs=request.epochs,
-        learning_rate_multiplier=request.learning_rate_multiplier,
-        adapter_size=int(adapter) if adapter is not None else None,
-        # Vertex takes a batch size only for open models; it picks one for Gemini.
-        batch_size=None if drops_batch else request.batch_size,
-        tuned_model_display_name=request.display_name,
-    )
-    return VertexExport(body=body, files=files, notes=notes)
+    """The exact ``tuningJobs.create`` body (section 2.4), as the Vertex backend renders it,
+    with content-addressed dataset URIs: the names it uploads to, so a sweep's files are
+    reused."""
+    call = _create_call(config, best, "vertex", base_model=base_model)
+    return VertexExport(body=call.body, files=dict(call.files), notes=call.notes)
+
+
+#: Settings of a backend the sweep did not run on: placeholders the user replaces.
+_PLACEHOLDER_BACKENDS: dict[str, dict[str, Any]] = {
+    "vertex": {"kind": "vertex", "project": "YOUR_PROJECT", "bucket": "YOUR_BUCKET"},
+    "gemini-api": {"kind": "gemini-api"},
+}
+
+
+def _create_call(config: SweepConfig, best: BestConfig, kind: str, *,
+                 base_model: str | None) -> CreateCall:
+    """Ask the ``kind`` backend for its create call: the sweep's own backend when it is of
+    that kind (its bucket, system instruction, learning rate), else one with placeholders."""
+    backend = _export_backend(config, kind)
+    try:
+        return backend.create_call(_request(config, best, base_model=base_model or ""))
+    finally:
+        backend.close()
+
+
+def _export_backend(config: SweepConfig, kind: str) -> BaseBackend:
+    settings = (config.backend if config.backend.kind == kind
+                else config_model(kind).model_validate(_PLACEHOLDER_BACKENDS[kind]))
+    return create_backend(settings, base_dir=config.config_dir)
 
 
 def render(config: SweepConfig, best: BestConfig, fmt: str, *,
@@ -335,7 +332,7 @@ def _snippet(config: SweepConfig, best: BestConfig, fmt: str, *,
     if targets_vertex(config):
         export = vertex_export(config, best, base_model=base_model)
         target = snippets.VertexTarget(
-            project=getattr(config.backend, "project", "YOUR_PROJECT"),
+            project=getattr(config.backend, "project", _PLACEHOLDER_BACKENDS["vertex"]["project"]),
             location=getattr(config.backend, "location", "us-central1"),
             api_version=getattr(config.backend, "api_version", "v1"),
             files=tuple(export.files))
@@ -353,10 +350,6 @@ def _snippet(config: SweepConfig, best: BestConfig, fmt: str, *,
 def _key_envs(config: SweepConfig) -> tuple[str, ...]:
     named = getattr(config.backend, "api_key_env", None)
     return (named,) if named else ("GEMINI_API_KEY", "GOOGLE_API_KEY")
-
-
-def _base_model_for(config: SweepConfig, kind: str) -> str | None:
-    return config.backend.base_model if config.backend.kind == kind else None
 
 
 def _json(body: dict[str, Any]) -> str:

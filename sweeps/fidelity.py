@@ -47,11 +47,6 @@ def is_from_curve(spec: Any) -> bool:
     return isinstance(spec, FromCurve)
 
 
-def curve_epochs(spec: FromCurve) -> int:
-    """The epochs every trial of a from_curve sweep runs."""
-    return int(spec.max)
-
-
 def curve_patience(spec: Any) -> int | None:
     """Epochs without a new best after which a from_curve job is stopped (None: never)."""
     return spec.patience if isinstance(spec, FromCurve) else None
@@ -66,7 +61,7 @@ def plateau_passed(epoch_losses: Mapping[int, float], patience: int | None) -> b
     return max(epoch_losses) - best_epoch >= patience
 
 
-__all__ = ["ATTR_EPOCHS_MODE", "FROM_CURVE", "FromCurve", "curve_epochs", "curve_patience",
+__all__ = ["ATTR_EPOCHS_MODE", "FROM_CURVE", "FromCurve", "curve_patience",
            "is_from_curve", "plateau_passed", "schedule_caveat"]
 
 

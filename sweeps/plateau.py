@@ -60,17 +60,48 @@ def epoch_means(
 ) -> tuple[list[float], list[float] | None]:
     """Per-step snapshots -> (per-epoch mean training loss, per-epoch eval loss or None).
 
-    The one place that turns a backend's step curve into epochs, so every consumer agrees.
-    A step reported twice (re-polled) counts once; non-finite step losses are left out of the
-    mean; an epoch with no step at all becomes NaN so that index ``i`` stays epoch ``i + 1``.
-    The eval list is the value reported for each epoch (the last, if several), and None
-    unless every epoch has one.
+    The eval list is None unless every epoch has one. See :func:`_per_epoch` for how steps
+    become epochs; :func:`ended_epoch_losses` reads the same table while a job runs.
+    """
+    train, evals = _per_epoch(snapshots)
+    epochs = sorted(train)
+    has_every_eval = bool(epochs) and all(e in evals for e in epochs)
+    return [train[e] for e in epochs], [evals[e] for e in epochs] if has_every_eval else None
+
+
+def ended_epoch_losses(
+    snapshots: Sequence[LossSnapshot], *, is_terminal: bool, use_eval: bool
+) -> dict[int, float]:
+    """The loss of each epoch that has ended, as pruners and patience see it: its eval loss
+    when validating, else its mean training loss, both from :func:`_per_epoch`, so a pruner
+    reads exactly the numbers the recorded curve and the objective are made of.
+
+    An epoch has ended when a later one started or the job is terminal; when validating,
+    also as soon as its eval loss arrived, since backends measure it at the end of the epoch
+    (the :class:`LossSnapshot` contract). That lets a pruner or patience cancel the job at
+    the end of epoch k instead of one poll into epoch k + 1, which is paid for.
+    """
+    train, evals = _per_epoch(snapshots)
+    if use_eval:
+        return dict(sorted(evals.items()))
+    last_epoch = max(train, default=0)
+    return {e: loss for e, loss in sorted(train.items()) if e < last_epoch or is_terminal}
+
+
+def _per_epoch(snapshots: Sequence[LossSnapshot]) -> tuple[dict[int, float], dict[int, float]]:
+    """The one place that turns a backend's step curve into epochs, so every consumer
+    (pruners, patience, the recorded curve, the objective) agrees.
+
+    A step reported twice (re-polled) counts once, its last report kept; non-finite step
+    losses are left out of the mean; an epoch with no finite step at all is NaN (and an
+    epoch with no step at all too, so that every epoch from 1 to the last has an entry).
+    The eval loss of an epoch is the value reported for it (the last, if several).
     """
     by_step: dict[int, LossSnapshot] = {}
     for snapshot in snapshots:
         by_step[snapshot.step] = snapshot
     if not by_step:
-        return [], None
+        return {}, {}
     too_early = [s for s in by_step.values() if s.epoch < 1]
     if too_early:
         raise ValueError(
@@ -85,9 +116,8 @@ def epoch_means(
         if snapshot.eval_loss is not None:
             evals[snapshot.epoch] = snapshot.eval_loss
     epochs = range(1, max(s.epoch for s in by_step.values()) + 1)
-    train = [statistics.fmean(losses[e]) if e in losses else math.nan for e in epochs]
-    has_every_eval = all(e in evals for e in epochs)
-    return train, [evals[e] for e in epochs] if has_every_eval else None
+    train = {e: statistics.fmean(losses[e]) if e in losses else math.nan for e in epochs}
+    return train, evals
 
 
 def find_plateau(

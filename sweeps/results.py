@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from sweeps import _trial_state as ts
@@ -35,6 +36,7 @@ from sweeps.config import BudgetConfig
 from sweeps.config import SweepConfig
 from sweeps.cost_frontier import CheapestWithinTolerance
 from sweeps.cost_frontier import cheapest_within
+from sweeps.errors import ServiceUnavailable
 from sweeps.errors import SweepError
 from sweeps.fidelity import ATTR_EPOCHS_MODE
 
@@ -120,6 +122,8 @@ class SweepResults:
             "sweep_id": self.sweep_id,
             "counts": self.counts(),
             "best": self.best.to_dict() if self.best else None,
+            # What to tune with (epochs from the curve); "best.knobs" is what the trial ran.
+            "recommended_knobs": recommended_knobs(self.best) if self.best else None,
             "budget": {"spent_tokens": self.spent_tokens,
                        "committed_tokens": self.committed_tokens,
                        "token_limit": self.token_limit, "spent_cost": self.spent_cost},
@@ -146,6 +150,10 @@ def load_study(*, study_name: str, storage: str) -> optuna.Study:
         # Opened once for both calls: each opening of a URL re-checks the schema version.
         opened = optuna.storages.get_storage(storage)
         names = [s.study_name for s in optuna.get_all_study_summaries(opened)]
+    except sqlalchemy.exc.OperationalError as exc:  # a storage that does not answer
+        first_line = str(exc.orig or exc).strip().splitlines()[0]
+        raise ServiceUnavailable(f"storage {shown}: the database does not answer "
+                                 f"({first_line}); try again when it is back") from None
     except Exception as exc:  # SQLAlchemy and Optuna raise many types for a bad URL
         raise SweepError(f"storage {shown}: cannot be opened ({exc})") from None
     if study_name not in names:
@@ -214,6 +222,23 @@ def pick_best(records: Iterable[TrialRecord], *, maximize: bool = False
     sign = -1.0 if maximize else 1.0
     return min(complete, key=lambda r: (sign * (r.value or 0.0), r.training_tokens or 0,
                                         r.number))
+
+
+def recommended_epochs(trial: TrialRecord) -> int:
+    """The epochs to tune with, from a trial's curve: its recommended epochs (the plateau
+    epoch, more when the curve was still falling), else the epochs it ran.
+
+    The one rule behind every place that names a configuration to use (the run summary,
+    ``status``, the MLflow parent run, ``export``), so a user copying any of them trains the
+    same number of epochs; each shows beside it what the trial ran.
+    """
+    ran = trial.knobs.get("epochs") or trial.epochs_completed or 1
+    return int(trial.recommended_epochs or trial.plateau_epoch or ran)
+
+
+def recommended_knobs(trial: TrialRecord) -> dict[str, Any]:
+    """The trial's knobs with ``epochs`` as :func:`recommended_epochs` says."""
+    return {**trial.knobs, "epochs": recommended_epochs(trial)}
 
 
 def collect_results(study: optuna.Study, *, storage: str = "",
@@ -305,6 +330,8 @@ __all__ = [
     "load_study",
     "pareto_front",
     "pick_best",
+    "recommended_epochs",
+    "recommended_knobs",
     "redact_url",
     "trial_record",
 ]

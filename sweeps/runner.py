@@ -10,6 +10,7 @@ pays for nothing twice: run it again.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -48,6 +49,7 @@ from sweeps.dataset import load_dataset
 from sweeps.errors import ConfigError
 from sweeps.errors import DatasetError
 from sweeps.errors import TrackingError
+from sweeps.results import recommended_knobs
 from sweeps.results import redact_url
 from sweeps.search_space import knob_names
 from sweeps.search_space import make_pruner
@@ -82,7 +84,10 @@ class SweepResult:
     spent_cost: float | None = None
     best_number: int | None = None
     best_value: float | None = None
+    #: The configuration to tune with: the best trial's knobs, ``epochs`` from its curve
+    #: (sweeps.results.recommended_epochs); ``best_params_run`` is what the trial ran.
     best_params: dict[str, Any] = field(default_factory=dict)
+    best_params_run: dict[str, Any] = field(default_factory=dict)
     best_plateau_epoch: int | None = None
     best_run_id: str | None = None
     storage: str = ""
@@ -119,6 +124,7 @@ def run_sweep(
         backend.check_search_space(knob_names(config.search_space))
         backend.check_epochs(max_epochs(config.search_space))
         backend.preflight()
+        data = _billed_tokens_per_epoch(backend, data)
         _warn_missing_validation(config, backend, data)
         evaluator = build_evaluator(config, backend, data.validation)  # metrics checked here
         study = open_study(config)
@@ -207,6 +213,18 @@ def prepare_data(config: SweepConfig) -> PreparedData:
                         content_hash=dataset.content_hash, preamble=dataset.preamble)
 
 
+def _billed_tokens_per_epoch(backend: BaseBackend, data: PreparedData) -> PreparedData:
+    """``data`` with the tokens an epoch is billed for as the backend counts them (the
+    dataset's estimate stays when the backend cannot count before a job runs)."""
+    counted = backend.training_tokens_per_epoch(data.train)
+    if counted is None or counted == data.tokens_per_epoch:
+        return data
+    logger.info("the %s backend counts %s training tokens an epoch (the dataset's estimate "
+                "is %s); the budget uses its count", backend.kind, f"{counted:,}",
+                f"{data.tokens_per_epoch:,}")
+    return dataclasses.replace(data, tokens_per_epoch=counted)
+
+
 def open_study(config: SweepConfig) -> optuna.Study:
     """Create the study named ``config.name`` on its storage, or load it to continue."""
     url = config.storage_url
@@ -219,13 +237,16 @@ def open_study(config: SweepConfig) -> optuna.Study:
                 url, engine_kwargs={"creator": functools.partial(connect_sqlite, path)})
         study = retry_first_use(lambda: optuna.create_study(
             study_name=config.name, storage=storage, load_if_exists=True,
-            directions=config.directions, sampler=make_sampler(config),
+            directions=[optuna.study.StudyDirection[d.upper()] for d in config.directions],
+            sampler=make_sampler(config),
             pruner=make_pruner(config)))
         _check_directions(config, study)
         _name_metrics(config, study)
         return study
     except ConfigError:
         raise
+    except sqlalchemy.exc.OperationalError as exc:  # a storage that does not answer
+        raise StorageUnavailable.from_error(url, exc) from None
     except Exception as exc:  # SQLAlchemy / Optuna raise many types for a bad storage
         raise ConfigError(f"storage {redact_url(url)}: cannot open the Optuna study "
                           f"{config.name!r}: {exc}") from None
@@ -303,13 +324,11 @@ def _sweep_info(config: SweepConfig, data: PreparedData, sweep_id: str) -> Sweep
 
 def _result(config: SweepConfig, study: optuna.Study, state: SweepState,
             tracker: Tracker) -> SweepResult:
-    best_params: dict[str, Any] = {}
-    plateau_epoch = run_id = None
-    if state.best_number is not None:
-        best = study.get_trials(deepcopy=False)[state.best_number]
-        best_params = dict(best.user_attrs.get(ts.ATTR_KNOBS) or best.params)
-        plateau_epoch = best.user_attrs.get("plateau_epoch")
-        run_id = best.user_attrs.get(ts.ATTR_RUN_ID)
+    best = state.best
+    best_params = recommended_knobs(best) if best is not None else {}
+    best_params_run = dict(best.knobs) if best is not None else {}
+    plateau_epoch = best.plateau_epoch if best is not None else None
+    run_id = best.mlflow_run_id if best is not None else None
     stop_reason = state.stop_reason or f"n_trials: {state.n_finished} trials finished"
     return SweepResult(
         study_name=config.name, n_trials=config.n_trials, n_complete=state.n_complete,
@@ -319,7 +338,7 @@ def _result(config: SweepConfig, study: optuna.Study, state: SweepState,
         committed_tokens=state.committed_tokens,
         spent_cost=cost_of(state.spent_tokens, config.budget), best_number=state.best_number,
         best_value=state.best_value, best_params=best_params,
-        best_plateau_epoch=plateau_epoch, best_run_id=run_id,
+        best_params_run=best_params_run, best_plateau_epoch=plateau_epoch, best_run_id=run_id,
         storage=redact_url(config.storage_url), tracking_uri=tracker_uri(tracker))
 
 
@@ -333,7 +352,7 @@ def _summary(result: SweepResult) -> SweepSummary:
                         n_failed=result.n_failed, spent_tokens=result.spent_tokens,
                         committed_tokens=result.committed_tokens, spent_cost=result.spent_cost,
                         best_number=result.best_number, best_value=result.best_value,
-                        best_params=result.best_params)
+                        best_params=result.best_params, best_params_run=result.best_params_run)
 
 
 __all__ = ["JobProgress", "SweepProgress", "SweepResult", "open_study", "run_sweep"]

@@ -74,7 +74,8 @@ class SweepSummary:
     spent_cost: float | None = None
     best_number: int | None = None
     best_value: float | None = None
-    best_params: dict[str, Any] = field(default_factory=dict)
+    best_params: dict[str, Any] = field(default_factory=dict)  # to tune with (recommended)
+    best_params_run: dict[str, Any] = field(default_factory=dict)  # what the trial ran
 
 
 class Tracker(Protocol):
@@ -283,6 +284,8 @@ class MlflowTracker:
             client.set_tag(self._parent_id, "gemini_sweep.best_trial", str(summary.best_number))
             client.set_tag(self._parent_id, "gemini_sweep.best_params",
                            json.dumps(summary.best_params, sort_keys=True))
+            client.set_tag(self._parent_id, "gemini_sweep.best_params_run",
+                           json.dumps(summary.best_params_run, sort_keys=True))
             best_run = self._child_ids.get(summary.best_number)
             if best_run:
                 client.set_tag(self._parent_id, "gemini_sweep.best_run_id", best_run)

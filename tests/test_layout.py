@@ -54,3 +54,31 @@ def test_only_the_tracking_modules_import_mlflow() -> None:
         if uses_mlflow and not is_tracking:
             offenders.append(str(path.relative_to(REPO_ROOT)))
     assert offenders == []
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Modules imported, and ``module.name`` for each ``from module import name``."""
+    names = _imported_modules(path)
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_no_private_module_of_a_package_is_imported_from_outside_it() -> None:
+    """``gemini_backend`` and ``sweeps`` expose what other code may use from their
+    ``__init__`` and public modules; a ``_private`` module is theirs alone. Benchmarks that
+    time a backend's internals (the local training kernel) are exempt: they measure, they do
+    not depend."""
+    offenders = []
+    roots = [REPO_ROOT / d for d in ("sweeps", "gemini_backend", "scripts", "notebooks")]
+    for root in roots:
+        for path in root.rglob("*.py"):
+            for name in _imported_names(path):
+                parts = name.split(".")
+                owner = parts[0]
+                private = [p for p in parts[1:] if p.startswith("_")]
+                inside = path.is_relative_to(REPO_ROOT / owner)
+                if owner in {"sweeps", "gemini_backend"} and private and not inside:
+                    offenders.append(f"{path.relative_to(REPO_ROOT)} imports {name}")
+    assert offenders == []

@@ -32,6 +32,7 @@ from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
 from gemini_backend.base import Capabilities
 from gemini_backend.base import Checkpoint
+from gemini_backend.base import Example
 from gemini_backend.base import JobRef
 from gemini_backend.base import JobRequest
 from gemini_backend.base import JobState
@@ -148,6 +149,21 @@ class LocalBackend(BaseBackend):
         logger.info("job=%s submitted: %d examples, %d epochs, threads=%d", job_id,
                     len(request.train), request.epochs, settings.threads)
         return ref
+
+    def training_tokens_per_epoch(self, train: Sequence[Example]) -> int | None:
+        """Tokens the worker trains on per epoch: each example encoded as the model encodes
+        it (prompt, separator, output, end, cut to ``max_seq_len``), the count it reports."""
+        if not train:
+            return 0
+        request = JobRequest(train=tuple(train), epochs=1, learning_rate_multiplier=1.0,
+                             base_model=self.config.base_model, display_name="count",
+                             idempotency_key="count")
+        settings = _spawn.resolve_settings(request, self.config, base_dir=self.base_dir,
+                                           threads=1)
+        from gemini_backend.local import _models  # torch is imported only here
+
+        model = _models.build_model(settings)
+        return sum(len(model.encode(example).ids) for example in train)
 
     def preflight(self) -> None:
         """Fail before the first trial when the job root cannot hold job folders.

@@ -12,16 +12,23 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from gemini_backend import BackendError
+from sweeps.errors import ServiceUnavailable
 from sweeps.errors import SweepError
 
-#: Exit codes: 0 ok, 1 the sweep failed, 2 bad config / input / usage, 130 interrupted.
+#: Exit codes: 0 ok, 1 the sweep failed, 2 bad config / input / usage, 3 a service is
+#: unreachable or failing (tuning service, study storage, MLflow: try again later),
+#: 130 interrupted.
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130
+EXIT_CODES_HELP = ("Exit codes: 0 ok, 1 the sweep stopped on failures, 2 bad config or input, "
+                   "3 a service is unreachable or failing (try again later), 130 interrupted.")
 
 app = typer.Typer(
     name="gemini-sweep",
-    help="Find the best fine-tuning hyperparameters for Gemini models, tracked in MLflow.",
+    help="Find the best fine-tuning hyperparameters for Gemini models, tracked in MLflow.\n\n"
+    + EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     # Tracebacks with locals could print API keys (typer < 0.23 default): never show them.
@@ -63,11 +70,22 @@ def user_errors() -> Iterator[None]:
     except (SweepError, BackendError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True,
                           soft_wrap=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        raise typer.Exit(exit_code_of(exc)) from None
     except KeyboardInterrupt:
         err_console.print("interrupted: jobs in flight keep running; "
                           "run the same command again to collect them")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def exit_code_of(exc: SweepError | BackendError) -> int:
+    """A service that is unreachable or failing after its retries (a transient backend
+    error: timeout, refused connection, 5xx, quota; the study storage; MLflow) is 3; any
+    other error is about what the user gave (config, dataset, credentials, a request the
+    service rejects, a job root that cannot be written) and is 2. A script can then retry
+    the one and stop on the other."""
+    is_outage = isinstance(exc, ServiceUnavailable) or (
+        isinstance(exc, BackendError) and exc.retryable)
+    return EXIT_UNAVAILABLE if is_outage else EXIT_BAD_INPUT
 
 
 def not_yet_available(command: str, issue: int) -> None:

@@ -3,7 +3,8 @@
 On a terminal a rich Live panel shows trials finished / running / pruned / failed, the best
 so far and each running job's state and epoch; elsewhere (CI, a log file) the runner's log
 lines are the progress. Exit codes: 0 done, 1 stopped on failures, 2 bad config or input,
-130 interrupted (jobs in flight keep running; the same command collects them).
+3 a service unreachable or failing, 130 interrupted (jobs in flight keep running; the same
+command collects them).
 """
 
 from __future__ import annotations
@@ -122,9 +123,11 @@ def _print_summary(config_path: Path, config: SweepConfig, result: SweepResult) 
                   f"{result.n_failed} failed (n_trials {result.n_trials})", highlight=False)
     if result.best_number is not None and result.best_value is not None:
         knobs = ", ".join(f"{k}={_short(v)}" for k, v in result.best_params.items())
+        ran = result.best_params_run.get("epochs")
         console.print(f"  best: trial {result.best_number}, {config.objective} = "
                       f"{result.best_value:.4g}, plateau at epoch {result.best_plateau_epoch}"
-                      f"\n        {knobs}", highlight=False)
+                      f"\n        tune with: {knobs} (the trial ran {ran} epochs)",
+                      highlight=False)
     cost = f" (cost {result.spent_cost:.2f})" if result.spent_cost is not None else ""
     console.print(f"  budget: {result.spent_tokens:,.0f} training tokens spent{cost}",
                   highlight=False)

@@ -98,7 +98,7 @@ def trials_table(results: SweepResults, *, wide: bool = False) -> Table:
     knob_names = _knob_names(results.trials)
     show_cost = wide or any(trial.cost is not None for trial in results.trials)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    fixed = {"justify": "right", "no_wrap": True}
+    fixed: dict[str, Any] = {"justify": "right", "no_wrap": True}
     table.add_column("#", **fixed)
     table.add_column("state", no_wrap=True)
     for name in knob_names:
@@ -157,13 +157,16 @@ def _say(text: str, *, style: str | None = None) -> None:
 
 
 def _print_best(results: SweepResults) -> None:
+    from sweeps.results import recommended_knobs
+
     best = results.best
     if best is None:
         console.print("best: no trial has completed yet", markup=False)
         return
-    knobs = ", ".join(f"{k}={_fmt(v)}" for k, v in best.knobs.items())
+    knobs = ", ".join(f"{k}={_fmt(v)}" for k, v in recommended_knobs(best).items())
     flags = [name for name, is_set in best.flags.items() if is_set]
-    console.print(f"best: trial {best.number} objective {_fmt(best.value)} ({knobs}); "
+    console.print(f"best: trial {best.number} objective {_fmt(best.value)} (tune with: {knobs}; "
+                  f"the trial ran {_fmt(best.knobs.get('epochs'))} epochs); "
                   f"plateau at epoch {_fmt(best.plateau_epoch)}"
                   + (f" [{', '.join(flags)}]" if flags else "") + _scores(best),
                   markup=False, highlight=False)

@@ -352,7 +352,8 @@ def test_curl_command_creates_the_model_on_the_service(tmp_path: Path) -> None:
 
 def test_vertex_body_and_data_files(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"kind": "vertex", "project": "proj", "bucket": "bkt",
-                                     "location": "europe-west4"})
+                                     "location": "europe-west4",
+                                     "tuned_model_display_name_prefix": "acme"})
     mixed_study(config)
     out = tmp_path / "out" / "vertex.json"
     result = invoke("export", config, "-f", "vertex", "-o", out)
@@ -362,6 +363,8 @@ def test_vertex_body_and_data_files(tmp_path: Path) -> None:
     assert body["baseModel"] == "gemini-2.5-flash"
     assert spec["hyperParameters"] == {"epochCount": "3", "learningRateMultiplier": 2.5}
     assert spec["exportLastCheckpointOnly"] is False
+    # Asked of the backend: the display-name prefix and the labels a submit sends.
+    assert body["tunedModelDisplayName"].startswith("acme-") and body["labels"]
     assert "batch_size 8 is left out" in result.stderr
     train = (out.parent / "train.jsonl").read_bytes()
     digest = hashlib.sha256(train).hexdigest()
