@@ -28,6 +28,8 @@ import sqlalchemy
 from gemini_backend import BaseBackend
 from gemini_backend import create_backend
 from sweeps import _trial_state as ts
+from sweeps._embedded_stores import StoreError
+from sweeps._embedded_stores import ensure_optuna_store
 from sweeps._eval_run import Evaluator
 from sweeps._eval_run import build_evaluator
 from sweeps._lease import StudyLeases
@@ -213,6 +215,7 @@ def open_study(config: SweepConfig) -> optuna.Study:
         if url.startswith("sqlite:///"):
             path = Path(url.removeprefix("sqlite:///"))
             path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_optuna_store(url)
             storage = optuna.storages.RDBStorage(
                 url, engine_kwargs={"creator": functools.partial(connect_sqlite, path)})
         study = retry_first_use(lambda: optuna.create_study(
@@ -221,7 +224,7 @@ def open_study(config: SweepConfig) -> optuna.Study:
             pruner=make_pruner(config)))
         _check_directions(config, study)
         return study
-    except ConfigError:
+    except (ConfigError, StoreError):
         raise
     except Exception as exc:  # SQLAlchemy / Optuna raise many types for a bad storage
         raise ConfigError(f"storage {redact_url(url)}: cannot open the Optuna study "

@@ -29,6 +29,7 @@ from mlflow.entities import Run
 
 from sweeps import _tracking_writer as writer
 from sweeps._crashpoints import crash_point
+from sweeps._embedded_stores import ensure_mlflow_store
 from sweeps._tracking_plots import save_figure
 from sweeps._tracking_plots import sweep_figures
 from sweeps._tracking_plots import write_loss_curve_png
@@ -143,6 +144,8 @@ class MlflowTracker:
         """Find or create the experiment and the parent run; remember existing children."""
         with self._lock:
             self._info = info
+            if self._client is None:  # outside the retries: a failure here is not transient
+                ensure_mlflow_store(self.tracking_uri, artifact_root=self._artifact_root)
             writer.with_retries("opening the sweep's parent run", self._open_parent)
 
     def _open_parent(self) -> None:
