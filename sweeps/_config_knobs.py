@@ -194,7 +194,7 @@ class SearchSpace(BaseModel):
     def _whole_epochs(cls, knob: KnobSpec) -> KnobSpec:
         _refuse(whole_number_problems(_values(knob), what="epoch counts", low=1,
                                       high=MAX_EPOCHS))
-        return knob
+        return _as_whole(knob)
 
     @field_validator("batch_size")
     @classmethod
@@ -202,7 +202,7 @@ class SearchSpace(BaseModel):
         if knob is not None:
             _refuse(whole_number_problems(_values(knob), what="batch sizes", low=1,
                                           high=MAX_BATCH_SIZE))
-        return knob
+        return _as_whole(knob) if knob is not None else None
 
     @field_validator("learning_rate_multiplier")
     @classmethod
@@ -240,6 +240,15 @@ def _values(knob: KnobSpec) -> list[Any]:
     if isinstance(knob, FromCurve):
         return [knob.max]
     return [knob.low, knob.high]
+
+
+def _as_whole(knob: KnobSpec) -> KnobSpec:
+    """A whole-number knob written ``4.0`` sends 4: services take int32 fields."""
+    if isinstance(knob, Fixed):
+        return Fixed(value=int(knob.value))
+    if isinstance(knob, Choices):
+        return Choices(choices=list(dict.fromkeys(int(c) for c in knob.choices)))
+    return knob
 
 
 def _refuse(reason: str | None) -> None:

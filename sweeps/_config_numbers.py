@@ -131,10 +131,10 @@ def whole_number_problems(values: list[Any], *, what: str, low: int,
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{what} must be whole numbers, got {_shown(value)}{_text_hint(value)}"
-        if not math.isfinite(value) or value != int(value):
+        if not _is_finite(value) or value != int(value):
             return f"{what} must be whole numbers, got {_shown(value)}"
         if not low <= value <= high:
-            return f"{what} must be between {low} and {high}, got {int(value)}"
+            return f"{what} must be between {low} and {high}, got {_shown(int(value))}"
     return None
 
 
@@ -143,10 +143,15 @@ def multiplier_problems(values: list[Any]) -> str | None:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"the multiplier must be a number, got {_shown(value)}{_text_hint(value)}"
-        if not math.isfinite(value) or not MIN_MULTIPLIER <= value <= MAX_MULTIPLIER:
+        if not _is_finite(value) or not MIN_MULTIPLIER <= value <= MAX_MULTIPLIER:
             return (f"the multiplier must be between {MIN_MULTIPLIER:g} and "
                     f"{MAX_MULTIPLIER:g}, got {_shown(value)}")
     return None
+
+
+def _is_finite(value: int | float) -> bool:
+    # math.isfinite converts to float, which overflows past 1e308 for an int.
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def _shown(value: Any) -> str:
@@ -157,8 +162,8 @@ def _shown(value: Any) -> str:
 
 def _text_hint(value: Any) -> str:
     if isinstance(value, str) and _as_number(value) is not None:
-        return (" (text, not a number: YAML reads 1e-3 as text; write 1.0e-3, without "
-                "quotes)")
+        return (" (text, not a number: YAML reads 1e-3 and 1.0e3 as text; write 0.001, "
+                "1.0e-3 or 1.0e+3, without quotes)")
     return ""
 
 
