@@ -28,6 +28,7 @@ import sqlalchemy
 from gemini_backend import BaseBackend
 from gemini_backend import create_backend
 from sweeps import _trial_state as ts
+from sweeps._dataset_identity import check_dataset_unchanged
 from sweeps._embedded_stores import StoreError
 from sweeps._embedded_stores import ensure_optuna_store
 from sweeps._eval_run import Evaluator
@@ -129,6 +130,8 @@ def run_sweep(
         try:
             with leases.lock.hold():  # workers starting together must agree on one sweep id
                 sweep_id = _sweep_id(study)
+                check_dataset_unchanged(study, data, path=config.dataset_path,
+                                        sweep_name=config.name)
                 # Under the same lock, so two workers starting together seed only once.
                 seed_from_earlier_sweeps(config, study, dataset_hash=data.content_hash)
             tracker = tracker or MlflowTracker(_tracking_uri(config))
