@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
@@ -20,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from sweeps.errors import SweepError
@@ -27,6 +30,7 @@ from sweeps.errors import SweepError
 logger = logging.getLogger(__name__)
 
 _BUILDING_MARK = ".building-"
+T = TypeVar("T")
 
 
 class StoreError(SweepError):
@@ -105,8 +109,8 @@ def _ensure(path: Path, what: str, build: Callable[[Path], None],
     except StoreError:
         raise
     except Exception as exc:  # OS, SQLite, SQLAlchemy and MLflow errors alike
-        raise StoreError(f"{what} {path}: cannot be created: {describe_store_error(exc)}"
-                         ) from None
+        raise StoreError(f"{what} {path}: cannot be opened or created: "
+                         f"{describe_store_error(exc, path.parent)}") from None
 
 
 def _is_whole(path: Path, head: Callable[[], str], data_table: str) -> bool:
@@ -230,14 +234,48 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
-def describe_store_error(exc: BaseException) -> str:
-    """A one-line account of a store failure, in words for a full disk."""
-    if is_disk_full(exc):
+def _nearly_full(folder: Path) -> bool:
+    # SQLite reports a full disk as "disk I/O error" when it cannot grow its WAL index.
+    try:
+        usage = os.statvfs(folder)
+    except OSError:
+        return False
+    return usage.f_bavail * usage.f_frsize < _NEARLY_FULL_BYTES
+
+
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def describe_store_error(exc: BaseException, folder: Path | None = None) -> str:
+    """A one-line account of a store failure, in words for a full disk (``folder``: where
+    the store lives, looked at when SQLite only says "disk I/O error")."""
+    if is_disk_full(exc) or (folder is not None and _nearly_full(folder)):
         return ("the disk is full (no space left on the device): free some space and run "
                 "the same command again; what was written so far is kept")
     first_line = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
     return first_line or type(exc).__name__
 
 
-__all__ = ["StoreError", "describe_store_error", "ensure_mlflow_store", "ensure_optuna_store",
-           "is_disk_full", "sqlite_path"]
+def disk_full_in_words(run: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a function whose first argument is a sweep config: a full disk met anywhere
+    inside it (SQLite, MLflow, a backend's job file) ends it with a :class:`StoreError` that
+    says so, instead of a traceback or SQLite's "disk I/O error"."""
+
+    @functools.wraps(run)
+    def wrapper(config: Any, *args: Any, **kwargs: Any) -> T:
+        try:
+            return run(config, *args, **kwargs)
+        except StoreError:
+            raise
+        except Exception as exc:
+            folder = getattr(config, "state_dir", None)
+            if not (is_disk_full(exc) or (folder is not None and _nearly_full(folder))):
+                raise
+            raise StoreError(f"{describe_store_error(exc, folder)}; jobs in flight keep "
+                             f"running (state folder {folder})") from None
+
+    return wrapper
+
+
+__all__ = ["StoreError", "describe_store_error", "disk_full_in_words", "ensure_mlflow_store",
+           "ensure_optuna_store", "is_disk_full", "sqlite_path"]

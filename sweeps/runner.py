@@ -30,6 +30,7 @@ from gemini_backend import create_backend
 from sweeps import _trial_state as ts
 from sweeps._dataset_identity import check_dataset_unchanged
 from sweeps._embedded_stores import StoreError
+from sweeps._embedded_stores import disk_full_in_words
 from sweeps._embedded_stores import ensure_optuna_store
 from sweeps._eval_run import Evaluator
 from sweeps._eval_run import build_evaluator
@@ -91,6 +92,7 @@ class SweepResult:
     tracking_uri: str | None = None
 
 
+@disk_full_in_words
 def run_sweep(
     config: SweepConfig,
     *,
