@@ -145,6 +145,7 @@ class MlflowTracker:
         with self._lock:
             self._info = info
             if self._client is None:  # outside the retries: a failure here is not transient
+                writer.send_mlflow_logs_to_file(self.tracking_uri)
                 ensure_mlflow_store(self.tracking_uri, artifact_root=self._artifact_root)
             writer.with_retries("opening the sweep's parent run", self._open_parent)
 
