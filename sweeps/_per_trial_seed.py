@@ -76,5 +76,11 @@ class PerTrialSeedGPSampler(PerTrialSeed, optuna.samplers.GPSampler):
     pass
 
 
-__all__ = ["PerTrialSeed", "PerTrialSeedGPSampler", "PerTrialSeedRandomSampler",
-           "PerTrialSeedStratifiedTPESampler", "PerTrialSeedTPESampler", "reseed"]
+class PerTrialSeedCmaEsSampler(PerTrialSeed, optuna.samplers.CmaEsSampler):
+    """Only its random start (the independent sampler) is drawn per trial: CMA-ES keeps its
+    own generator for the population, which it stores in the study."""
+
+
+__all__ = ["PerTrialSeed", "PerTrialSeedCmaEsSampler", "PerTrialSeedGPSampler",
+           "PerTrialSeedRandomSampler", "PerTrialSeedStratifiedTPESampler",
+           "PerTrialSeedTPESampler", "reseed"]

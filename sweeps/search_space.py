@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 
+from sweeps._per_trial_seed import PerTrialSeedCmaEsSampler
 from sweeps._per_trial_seed import PerTrialSeedGPSampler
 from sweeps._per_trial_seed import PerTrialSeedRandomSampler
 from sweeps._per_trial_seed import PerTrialSeedStratifiedTPESampler
@@ -93,7 +94,8 @@ def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     A seeded TPE, random or GP sampler draws each trial from the seed and the trial's
     number (:mod:`sweeps._per_trial_seed`): the sampler is rebuilt by every process of a
     sweep, and a seed applied once would repeat its draws after a restart or in a second
-    worker. Grid and CMA-ES keep Optuna's own seeding (the grid skips points already taken).
+    worker. CMA-ES draws its random start that way; the grid keeps Optuna's own seeding (it
+    skips points already taken).
     """
     sampler: SamplerConfig = config.sampler
     seed = sampler.seed
@@ -109,8 +111,10 @@ def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
             return optuna.samplers.GPSampler(n_startup_trials=n_startup)
         return PerTrialSeedGPSampler(seed=seed, n_startup_trials=n_startup)
     if sampler.kind == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed,
-                                            n_startup_trials=sampler.n_startup_trials or 1)
+        n_startup = sampler.n_startup_trials or 1
+        if seed is None:
+            return optuna.samplers.CmaEsSampler(n_startup_trials=n_startup)
+        return PerTrialSeedCmaEsSampler(seed=seed, n_startup_trials=n_startup)
     n_startup_trials = sampler.n_startup_trials or 10
     if sampler.start == "stratified":
         if seed is None:
