@@ -17,27 +17,24 @@ from sweeps import load_config
 from sweeps.runner import open_study
 from tests.reliability_tests._sweep_procs import check_mlflow
 from tests.reliability_tests._sweep_procs import run_to_end
+from tests.reliability_tests.test_disk_faults import mount
+from tests.reliability_tests.test_disk_faults import mount_tmpfs
 from tests.sweeps_tests.conftest import write_config
 from tests.sweeps_tests.conftest import write_curves
 
 
-def _mount(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """The sweep's whole folder on a 300 KiB tmpfs, unmounted after the test."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    mounted = _mount("-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    mount_tmpfs(folder, "300k")
     yield folder
     subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
 
 
 def _resize(folder: Path, size: str) -> None:
-    assert _mount("-o", f"remount,size={size}", str(folder)).returncode == 0
+    assert mount("-o", f"remount,size={size}", str(folder)).returncode == 0
 
 
 def _sweep(folder: Path, n_trials: int) -> Path:
