@@ -197,12 +197,14 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+@functools.cache
 def _mlflow_head() -> str:
     from mlflow.store.db.utils import _get_latest_schema_revision
 
     return str(_get_latest_schema_revision())
 
 
+@functools.cache
 def _optuna_head() -> str:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -249,11 +251,30 @@ _NEARLY_FULL_BYTES = 1 << 20
 def describe_store_error(exc: BaseException, folder: Path | None = None) -> str:
     """A one-line account of a store failure, in words for a full disk (``folder``: where
     the store lives, looked at when SQLite only says "disk I/O error")."""
-    if is_disk_full(exc) or (folder is not None and _nearly_full(folder)):
+    if _is_full_disk_failure(exc, folder):
         return ("the disk is full (no space left on the device): free some space and run "
                 "the same command again; what was written so far is kept")
     first_line = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
     return first_line or type(exc).__name__
+
+
+def _is_full_disk_failure(exc: BaseException, folder: Path | None) -> bool:
+    if is_disk_full(exc):
+        return True
+    # SQLite says "disk I/O error" when it cannot grow its WAL index on a full disk; only
+    # an I/O failure is blamed on the disk, never e.g. a refused login on a nearly full one.
+    return (folder is not None and _is_io_error(exc) and _nearly_full(folder))
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) or "disk i/o error" in str(current).lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def disk_full_in_words(run: Callable[..., T]) -> Callable[..., T]:
@@ -269,7 +290,7 @@ def disk_full_in_words(run: Callable[..., T]) -> Callable[..., T]:
             raise
         except Exception as exc:
             folder = getattr(config, "state_dir", None)
-            if not (is_disk_full(exc) or (folder is not None and _nearly_full(folder))):
+            if not _is_full_disk_failure(exc, folder):
                 raise
             raise StoreError(f"{describe_store_error(exc, folder)}; jobs in flight keep "
                              f"running (state folder {folder})") from None
