@@ -50,6 +50,10 @@ BACKEND_FIELD_RANGES: dict[str, tuple[float, float]] = {
     "poll_interval_s": (MIN_POLL_INTERVAL_S, MAX_POLL_INTERVAL_S),
     "max_poll_interval_s": (MIN_POLL_INTERVAL_S, MAX_POLL_INTERVAL_S),
     "timeout_s": (0.1, MAX_TIMEOUT_S),
+    # A learning rate (the default is 0.001) times the multiplier's own range stays sane.
+    "use_learning_rate": (1e-7, 1.0),
+    "base_learning_rate": (1e-7, 1.0),
+    "default_batch_size": (1, MAX_BATCH_SIZE),
 }
 
 

@@ -218,3 +218,13 @@ def test_an_integer_too_long_for_python_is_a_yaml_error_with_its_line(tmp_path: 
     with pytest.raises(ConfigError, match=r"\(line 4, column 11\): not valid YAML: an integer "
                                           "too long"):
         load_config(config_path)
+
+
+def test_a_backend_learning_rate_is_within_reason(tmp_path: Path) -> None:
+    config_path = tmp_path / "sweep.yaml"
+    config_path.write_text("name: lr\ndataset: {path: data.jsonl}\nbackend:\n"
+                           "  kind: gemini-api\n  use_learning_rate: 1.0e+300\n",
+                           encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"backend\.use_learning_rate \(line 5\): must be "
+                                          "between 1e-07 and 1"):
+        load_config(config_path)
