@@ -1,4 +1,5 @@
-"""The embedded SQLite stores (the MLflow tracking store and the Optuna study), complete or absent.
+"""The embedded SQLite stores (the Optuna study here, the MLflow tracking store in
+:mod:`sweeps._tracking_store`), complete or absent.
 
 MLflow builds a new store with a series of schema migrations that are not one transaction: a
 process killed in the middle (a Ctrl-C in the first seconds of a sweep, a full disk) leaves
@@ -45,25 +46,6 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def ensure_mlflow_store(tracking_uri: str, *, artifact_root: str | None) -> None:
-    """Make the SQLite MLflow store at ``tracking_uri`` exist whole (no-op for a server)."""
-    path = sqlite_path(tracking_uri)
-    if path is None:
-        return
-
-    def build(aside: Path) -> None:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        uri = f"sqlite:///{aside}"
-        store = SqlAlchemyStore(uri, artifact_root or aside.parent.resolve().as_uri())
-        store.engine.dispose()
-        # MLflow caches one engine per URI for the life of the process; this URI is never
-        # opened again.
-        getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
-
-    _ensure(path, "MLflow tracking store", build, _mlflow_head, holds_data_table="runs")
-
-
 def ensure_optuna_store(storage_url: str) -> None:
     """Make the SQLite Optuna storage at ``storage_url`` exist whole (no-op for a server)."""
     path = sqlite_path(storage_url)
@@ -76,11 +58,21 @@ def ensure_optuna_store(storage_url: str) -> None:
         storage = optuna.storages.RDBStorage(f"sqlite:///{aside}")
         storage.engine.dispose()
 
-    _ensure(path, "Optuna study storage", build, _optuna_head, holds_data_table="studies")
+    ensure_sqlite_store(path, "Optuna study storage", build, _optuna_head,
+                        holds_data_table="studies")
 
 
-def _ensure(path: Path, what: str, build: Callable[[Path], None],
-            head: Callable[[], str], *, holds_data_table: str) -> None:
+def ensure_sqlite_store(path: Path, what: str, build: Callable[[Path], None],
+                        head: Callable[[], str], *, holds_data_table: str) -> None:
+    """Make the SQLite store at ``path`` whole: nothing to do when it is; else (under a file
+    lock) ``build`` it at another path and move it into place, replacing a half-built one
+    that holds no row in ``holds_data_table``. ``head`` gives the schema revision a whole
+    store is at.
+
+    Raises:
+        StoreError: it cannot be built (a full disk, said in words), or a half-built store
+            holds data.
+    """
     path = path.resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,13 +190,6 @@ def _fsync(path: Path) -> None:
 
 
 @functools.cache
-def _mlflow_head() -> str:
-    from mlflow.store.db.utils import _get_latest_schema_revision
-
-    return str(_get_latest_schema_revision())
-
-
-@functools.cache
 def _optuna_head() -> str:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -298,5 +283,5 @@ def disk_full_in_words(run: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-__all__ = ["StoreError", "describe_store_error", "disk_full_in_words", "ensure_mlflow_store",
-           "ensure_optuna_store", "is_disk_full", "sqlite_path"]
+__all__ = ["StoreError", "describe_store_error", "disk_full_in_words", "ensure_optuna_store",
+           "ensure_sqlite_store", "is_disk_full", "sqlite_path"]

@@ -29,10 +29,10 @@ from mlflow.entities import Run
 
 from sweeps import _tracking_writer as writer
 from sweeps._crashpoints import crash_point
-from sweeps._embedded_stores import ensure_mlflow_store
 from sweeps._tracking_plots import save_figure
 from sweeps._tracking_plots import sweep_figures
 from sweeps._tracking_plots import write_loss_curve_png
+from sweeps._tracking_store import ensure_mlflow_store
 from sweeps._trial_state import TrialOutcome
 from sweeps.plots import Curve
 
