@@ -17,6 +17,7 @@ class DatasetLimits:
         max_inline_request_bytes: the serialized create request with inline examples.
         max_jsonl_bytes: the uploaded JSONL training file.
         max_validation_examples: examples in the validation file.
+        requires_text_input: every example needs a non-empty input (a user turn).
     """
 
     min_examples: int = 20
@@ -26,6 +27,7 @@ class DatasetLimits:
     max_inline_request_bytes: int | None = None
     max_jsonl_bytes: int | None = None
     max_validation_examples: int | None = None
+    requires_text_input: bool = False
 
 
 LIMITS: dict[str, DatasetLimits] = {
@@ -35,7 +37,10 @@ LIMITS: dict[str, DatasetLimits] = {
     # Seed: 40,000 / 5,000 characters per example, at least 20 examples, a 4 MB request.
     "gemini-api": DatasetLimits(max_inline_request_bytes=4 * 1000 * 1000),
     # reference/tuning_api.md section 2.7: 1 GB JSONL, at most 5,000 validation examples.
-    "vertex": DatasetLimits(max_jsonl_bytes=1000 * 1000 * 1000, max_validation_examples=5000),
+    # Each example is a user turn then a model turn; a user turn with empty text is refused
+    # ("empty text parameter"), so every example needs an input.
+    "vertex": DatasetLimits(max_jsonl_bytes=1000 * 1000 * 1000, max_validation_examples=5000,
+                            requires_text_input=True),
     "replay": DatasetLimits(),
 }
 

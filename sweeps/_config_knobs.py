@@ -20,14 +20,28 @@ from pydantic import model_validator
 from pydantic_core import PydanticCustomError
 
 from gemini_backend import CANONICAL_KNOBS
+from sweeps._config_numbers import MAX_BATCH_SIZE
+from sweeps._config_numbers import MAX_EPOCHS
+from sweeps._config_numbers import multiplier_problems
+from sweeps._config_numbers import number_problems
+from sweeps._config_numbers import raise_problems
+from sweeps._config_numbers import whole_number_problems
 
-STRICT = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+STRICT = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True,
+                    allow_inf_nan=False)
 
 
 class Strict(BaseModel):
-    """Base of the user-facing config models: unknown keys are errors, inputs never echoed."""
+    """Base of the user-facing config models: unknown keys are errors, inputs never echoed,
+    numbers finite and never ``true``/``false`` (which pydantic would read as 1 and 0)."""
 
     model_config = STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        raise_problems(cls.__name__, number_problems(cls, data))
+        return data
 
 
 # --- search space -------------------------------------------------------------------------
@@ -43,6 +57,14 @@ class Choices(Strict):
     """A knob chosen from a list: ``{choices: [2, 4, 8]}``."""
 
     choices: list[int | float | str] = Field(min_length=1)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _no_bools(cls, choices: Any) -> Any:
+        # pydantic would read true as 1 before any knob's own check could see it.
+        if isinstance(choices, list) and any(isinstance(c, bool) for c in choices):
+            raise ValueError("choices must be numbers or names, not true or false")
+        return choices
 
 
 class IntRange(Strict):
@@ -141,7 +163,8 @@ class SearchSpace(BaseModel):
     Backend-specific knobs (Vertex ``adapter_size``) are extra keys of the same shapes.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True,
+                              allow_inf_nan=False)
     __pydantic_extra__: dict[str, IntKnob]  # type: ignore[assignment]
 
     epochs: EpochsKnob = Fixed(value=5)
@@ -168,27 +191,33 @@ class SearchSpace(BaseModel):
 
     @field_validator("epochs")
     @classmethod
-    def _positive_epochs(cls, knob: KnobSpec) -> KnobSpec:
-        lowest = _lowest(knob)
-        if lowest is not None and lowest < 1:
-            raise ValueError(f"epoch counts must be at least 1, got {lowest}")
-        return knob
+    def _whole_epochs(cls, knob: KnobSpec) -> KnobSpec:
+        _refuse(whole_number_problems(_values(knob), what="epoch counts", low=1,
+                                      high=MAX_EPOCHS))
+        return _as_whole(knob)
 
     @field_validator("batch_size")
     @classmethod
-    def _positive_batch(cls, knob: KnobSpec | None) -> KnobSpec | None:
-        lowest = _lowest(knob) if knob is not None else None
-        if lowest is not None and lowest < 1:
-            raise ValueError(f"batch sizes must be at least 1, got {lowest}")
-        return knob
+    def _whole_batch(cls, knob: KnobSpec | None) -> KnobSpec | None:
+        if knob is not None:
+            _refuse(whole_number_problems(_values(knob), what="batch sizes", low=1,
+                                          high=MAX_BATCH_SIZE))
+        return _as_whole(knob) if knob is not None else None
 
     @field_validator("learning_rate_multiplier")
     @classmethod
-    def _positive_multiplier(cls, knob: KnobSpec) -> KnobSpec:
-        lowest = _lowest(knob)
-        if lowest is not None and lowest <= 0:
-            raise ValueError(f"the multiplier must be greater than 0, got {lowest}")
+    def _multiplier_in_range(cls, knob: KnobSpec) -> KnobSpec:
+        _refuse(multiplier_problems(_values(knob)))
         return knob
+
+    @model_validator(mode="after")
+    def _backend_knobs_not_bools(self) -> SearchSpace:
+        # Backend knobs (Vertex adapter_size) may be words; a bool is never meant.
+        for name, knob in (self.__pydantic_extra__ or {}).items():
+            if any(isinstance(value, bool) for value in _values(knob)):
+                raise PydanticCustomError(
+                    "bool_knob", "must be numbers or names, not true or false", {"key": name})
+        return self
 
     def knobs(self) -> dict[str, KnobSpec]:
         """Every knob that is set, canonical ones first."""
@@ -202,12 +231,26 @@ class SearchSpace(BaseModel):
         return knobs
 
 
-def _lowest(knob: KnobSpec) -> float | None:
+def _values(knob: KnobSpec) -> list[Any]:
+    """Every value a knob names: its value, its choices, or its bounds."""
     if isinstance(knob, Fixed):
-        return knob.value if isinstance(knob.value, (int, float)) else None
+        return [knob.value]
     if isinstance(knob, Choices):
-        numbers = [c for c in knob.choices if isinstance(c, (int, float))]
-        return min(numbers) if numbers else None
+        return list(knob.choices)
     if isinstance(knob, FromCurve):
-        return knob.max
-    return knob.low
+        return [knob.max]
+    return [knob.low, knob.high]
+
+
+def _as_whole(knob: KnobSpec) -> KnobSpec:
+    """A whole-number knob written ``4.0`` sends 4: services take int32 fields."""
+    if isinstance(knob, Fixed):
+        return Fixed(value=int(knob.value))
+    if isinstance(knob, Choices):
+        return Choices(choices=list(dict.fromkeys(int(c) for c in knob.choices)))
+    return knob
+
+
+def _refuse(reason: str | None) -> None:
+    if reason is not None:
+        raise ValueError(reason)

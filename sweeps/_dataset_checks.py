@@ -114,6 +114,30 @@ def _over_limit(where: str, field: str, n_chars: int, limit: int | None, *,
     return [f"{where}: {field}: {n_chars:,} characters{note}, over the {limit:,} limit"]
 
 
+def check_empty_inputs(records: Sequence[RawRecord], limits: DatasetLimits, *,
+                       preamble: str = "") -> tuple[list[str], list[str]]:
+    """(errors, warnings) for examples without an input.
+
+    Where the service needs an input in every example (Vertex: a user turn with text), a
+    missing or empty ``text_input`` is an error, unless a preamble gives every example one.
+    Elsewhere an input is optional, but one written and left empty (``""``) is most likely a
+    mistake: the example is sent output-only, and a file of them passes every other rule.
+    """
+    objects = [r for r in records if isinstance(r.data, dict)]
+    empty = [r.where for r in objects if isinstance(r.data.get("text_input"), str)
+             and not r.data["text_input"].strip()]
+    if limits.requires_text_input and not preamble.strip():
+        missing = [r.where for r in objects if r.data.get("text_input") is None]
+        errors = [f"{where}: text_input: missing or empty; this service needs an input in "
+                  "every example (a user turn with text)" for where in sorted(
+                      set(empty) | set(missing), key=(empty + missing).index)]
+        return _capped(errors, "text_input"), []
+    warnings = [f"{where}: text_input: empty, so the example is sent without any input; "
+                "fill it in, or leave the key out if output-only examples are meant"
+                for where in empty]
+    return [], _capped(warnings, "empty text_input")
+
+
 def check_count(label: str, n_examples: int, limits: DatasetLimits) -> tuple[list[str],
                                                                                list[str]]:
     """(errors, warnings) about the number of examples."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +58,12 @@ def read_records(path: Path) -> ReadResult:
         return ReadResult((), (f"{label}: unsupported file type {suffix or '(none)'!r}; "
                                "use .jsonl, .json or .csv",))
     try:
-        raw = path.read_bytes()
+        raw = _read_regular_file(path)
     except FileNotFoundError:
         return ReadResult((), (f"{label}: no such file",))
+    except _NotRegular as exc:
+        return ReadResult((), (f"{label}: is {exc}, not a regular file; only a regular file "
+                               "is read as a dataset (a pipe or device never ends)",))
     except OSError as exc:
         return ReadResult((), (f"{label}: cannot be read ({exc.strerror or exc})",))
     raw = raw.removeprefix(_BOM)
@@ -73,6 +78,33 @@ def read_records(path: Path) -> ReadResult:
         records, more = reader(text, label)
         problems += more
     return ReadResult(tuple(records), tuple(problems), len(raw))
+
+
+class _NotRegular(Exception):
+    """The path (after links) is a FIFO, a device, a socket or a folder."""
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file. Opened without blocking and checked on
+    the open descriptor: a FIFO would wait forever for a writer, ``/dev/zero`` never ends,
+    and a check by name could be raced."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotRegular(_file_kind(mode))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISDIR, "a folder"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def json_type(value: Any) -> str:

@@ -88,6 +88,36 @@ def prepare_sqlite_store(tracking_uri: str) -> None:
         connection.execute("PRAGMA journal_mode=WAL")
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that never prints its own failures (a full disk) on the terminal."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        return None
+
+
+def send_mlflow_logs_to_file(tracking_uri: str) -> Path | None:
+    """Move what MLflow and alembic log (tracebacks of a locked or broken store included)
+    from the terminal to ``mlflow.log`` next to a SQLite store; the sweep's own messages say
+    what happened. Their loggers print through their own handlers (``propagate`` off), so
+    those handlers are replaced. A tracking server's store is left as it is (None)."""
+    if urlparse(tracking_uri).scheme != "sqlite":
+        return None
+    log_path = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlflow.log").resolve()
+    for name in ("mlflow", "alembic"):
+        mlflow_logger = logging.getLogger(name)
+        if any(getattr(h, "baseFilename", None) == str(log_path)
+               for h in mlflow_logger.handlers):
+            continue
+        for handler in list(mlflow_logger.handlers):
+            if not isinstance(handler, logging.FileHandler):
+                mlflow_logger.removeHandler(handler)
+        file_handler = _QuietFileHandler(log_path, encoding="utf-8", delay=True)
+        file_handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        mlflow_logger.addHandler(file_handler)
+    return log_path
+
+
 def ensure_experiment(client: MlflowClient, name: str, *, artifact_root: str | None) -> str:
     """The id of experiment ``name``, created (with its artifact folder and kind) or restored.
 

@@ -30,7 +30,19 @@ def _construct_str(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
     return join_surrogate_pairs(loader.construct_scalar(node))
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    # Python refuses to read an integer of more than 4,300 digits (a CPU guard); no setting
+    # takes one, so it is a YAML error with its line like any other.
+    try:
+        return int(loader.construct_yaml_int(node))
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, "an integer too long to be a number (over 4,300 digits)",
+            node.start_mark) from None
+
+
 _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def join_surrogate_pairs(text: str) -> str:

@@ -33,6 +33,17 @@ from sweeps._config_knobs import IntRange
 from sweeps._config_knobs import KnobSpec
 from sweeps._config_knobs import SearchSpace
 from sweeps._config_knobs import Strict
+from sweeps._config_numbers import BACKEND_FIELD_RANGES
+from sweeps._config_numbers import DEFAULT_MAX_CONCURRENCY
+from sweeps._config_numbers import MAX_EPOCHS
+from sweeps._config_numbers import MAX_POLL_INTERVAL_S
+from sweeps._config_numbers import MAX_TOKENS
+from sweeps._config_numbers import MAX_TRIALS
+from sweeps._config_numbers import MIN_POLL_INTERVAL_S
+from sweeps._config_numbers import max_concurrency
+from sweeps._config_numbers import number_problems
+from sweeps._config_numbers import problem
+from sweeps._config_numbers import raise_problems
 from sweeps._yaml_lines import LineMap
 from sweeps._yaml_lines import load_yaml_with_lines
 from sweeps.errors import ConfigError
@@ -48,7 +59,7 @@ class SamplerConfig(Strict):
     kind: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
     # Optuna's samplers seed numpy, which takes 0 to 2**32 - 1 and raises on anything else.
     seed: int | None = Field(default=None, ge=0, lt=2**32)
-    n_startup_trials: int | None = Field(default=None, ge=0)
+    n_startup_trials: int | None = Field(default=None, ge=0, le=MAX_TRIALS)
     start: Literal["random", "stratified"] = Field(
         default="random", description="tpe only: how the n_startup_trials first trials are "
         "drawn; stratified spreads them over every knob's range (a Latin hypercube)")
@@ -67,20 +78,22 @@ class NoPruner(Strict):
 
 class MedianPrunerConfig(Strict):
     kind: Literal["median"]
-    n_startup_trials: int = Field(default=3, ge=0)
-    n_warmup_steps: int = Field(default=1, ge=0, description="epochs before any pruning")
+    n_startup_trials: int = Field(default=3, ge=0, le=MAX_TRIALS)
+    n_warmup_steps: int = Field(default=1, ge=0, le=MAX_EPOCHS,
+                                description="epochs before any pruning")
 
 
 class PatientPrunerConfig(Strict):
     kind: Literal["patient"]
-    patience: int = Field(default=2, ge=0)
+    patience: int = Field(default=2, ge=0, le=MAX_EPOCHS)
     min_delta: float = Field(default=0.0, ge=0)
 
 
 class HyperbandPrunerConfig(Strict):
     kind: Literal["hyperband"]
-    min_resource: int = Field(default=1, ge=1, description="epochs before any pruning")
-    reduction_factor: int = Field(default=3, ge=2)
+    min_resource: int = Field(default=1, ge=1, le=MAX_EPOCHS,
+                              description="epochs before any pruning")
+    reduction_factor: int = Field(default=3, ge=2, le=MAX_EPOCHS)
 
 
 class SuccessiveHalvingPrunerConfig(Strict):
@@ -88,9 +101,10 @@ class SuccessiveHalvingPrunerConfig(Strict):
     (stopping type: jobs can never be paused), never before ``min_epochs``."""
 
     kind: Literal["successive_halving"]
-    min_epochs: int = Field(default=1, ge=1, description="epochs before any cancel")
-    reduction_factor: int = Field(default=3, ge=2)
-    min_early_stopping_rate: int = Field(default=0, ge=0)
+    min_epochs: int = Field(default=1, ge=1, le=MAX_EPOCHS,
+                            description="epochs before any cancel")
+    reduction_factor: int = Field(default=3, ge=2, le=MAX_EPOCHS)
+    min_early_stopping_rate: int = Field(default=0, ge=0, le=MAX_EPOCHS)
 
 
 class LeaderGapPrunerConfig(Strict):
@@ -100,7 +114,8 @@ class LeaderGapPrunerConfig(Strict):
 
     kind: Literal["behind_leader"]
     ratio: float = Field(default=1.3, gt=1.0, description="how far behind the leader")
-    min_epochs: int = Field(default=2, ge=1, description="epochs before any cancel")
+    min_epochs: int = Field(default=2, ge=1, le=MAX_EPOCHS,
+                            description="epochs before any cancel")
 
 
 _PRUNER_MODELS = (NoPruner, MedianPrunerConfig, PatientPrunerConfig, HyperbandPrunerConfig,
@@ -130,7 +145,7 @@ class PlateauConfig(Strict):
 class BudgetConfig(Strict):
     """Spend limits. Jobs in flight count as already spent (committed)."""
 
-    max_training_tokens: int | None = Field(default=None, gt=0)
+    max_training_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
     max_cost: float | None = Field(default=None, gt=0)
     price_per_million_tokens: float | None = Field(default=None, gt=0)
 
@@ -171,8 +186,9 @@ class EvaluationConfig(Strict):
 
     enabled: bool = False
     metrics: list[str] = Field(default_factory=lambda: ["exact_match", "chrf"], min_length=1)
-    max_examples: int = Field(default=50, ge=1)
-    concurrency: int = Field(default=4, ge=1, description="generation requests in flight")
+    max_examples: int = Field(default=50, ge=1, le=MAX_TRIALS)
+    concurrency: int = Field(default=4, ge=1, le=DEFAULT_MAX_CONCURRENCY,
+                             description="generation requests in flight")
 
     @field_validator("metrics")
     @classmethod
@@ -213,25 +229,27 @@ class SweepConfig(Strict):
     search_space: SearchSpace = SearchSpace()
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = NoPruner()
-    n_trials: int = Field(default=10, ge=1)
+    n_trials: int = Field(default=10, ge=1, le=MAX_TRIALS)
     concurrency: int = Field(default=1, ge=1)
     objective: str | list[str] = "plateau_loss"
     evaluation: EvaluationConfig = EvaluationConfig()
     plateau: PlateauConfig = PlateauConfig()
     budget: BudgetConfig = BudgetConfig()
-    max_consecutive_failures: int = Field(default=3, ge=1)
+    max_consecutive_failures: int = Field(default=3, ge=1, le=MAX_TRIALS)
     study_concurrency: int | None = Field(
-        default=None, ge=1, description="jobs in flight across all workers of the study")
+        default=None, ge=1, le=MAX_TRIALS,
+        description="jobs in flight across all workers of the study")
     lease_s: float = Field(
-        default=300.0, gt=0, description="a running trial whose worker has not written a "
-        "heartbeat for this long is taken over by another worker")
+        default=300.0, gt=0, le=7 * 86400, description="a running trial whose worker has "
+        "not written a heartbeat for this long is taken over by another worker")
     warm_start: list[str] = Field(
         default_factory=list, description="earlier sweeps (a config path or a study name in "
         "this storage) whose trials on the same dataset seed the sampler")
     cost_tolerance: float = Field(
         default=0.02, ge=0.0, description="status/export also show the cheapest trial within "
         "this fraction of the best objective")
-    poll_interval_s: float | None = Field(default=None, gt=0)
+    poll_interval_s: float | None = Field(default=None, ge=MIN_POLL_INTERVAL_S,
+                                          le=MAX_POLL_INTERVAL_S)
     storage: str | None = None
     tracking_uri: str | None = None
 
@@ -250,6 +268,8 @@ class SweepConfig(Strict):
             model = config_model(value["kind"])
         except BackendError as exc:
             raise ValueError(exc.message) from None
+        # A backend's own model may take .inf or true for a number; none of them is meant.
+        raise_problems("backend", number_problems(model, value, BACKEND_FIELD_RANGES))
         return model.model_validate(value)
 
     @field_validator("pruner", mode="before")
@@ -260,6 +280,16 @@ class SweepConfig(Strict):
         if isinstance(value, dict) and not isinstance(value.get("kind", ""), str):
             raise ValueError(f"kind must be one of {', '.join(PRUNER_KINDS)}")
         return value
+
+    @model_validator(mode="after")
+    def _concurrency_within_reach(self) -> SweepConfig:
+        highest = max_concurrency(self.backend.kind)
+        if self.concurrency > highest:
+            raise_problems("concurrency", [problem(
+                ("concurrency",), f"at most {highest} jobs in flight per worker with the "
+                f"{self.backend.kind} backend, got {self.concurrency}; run more workers "
+                "for more", self.concurrency)])
+        return self
 
     @model_validator(mode="after")
     def _patience_leaves_a_model_to_evaluate(self) -> SweepConfig:

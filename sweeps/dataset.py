@@ -187,7 +187,10 @@ def validate_dataset(path: str | Path, *, preamble: str = "", backend: str = "lo
         count_errors, warnings = checks.check_count(str(path), len(read.records), limits)
         errors += count_errors
     errors += checks.check_same_type(located)
-    warnings += checks.warn_duplicates(located) + checks.warn_format(located)
+    empty_errors, empty_warnings = checks.check_empty_inputs(read.records, limits,
+                                                             preamble=preamble)
+    errors += empty_errors
+    warnings += empty_warnings + checks.warn_duplicates(located) + checks.warn_format(located)
     examples = tuple(item.example for item in located)
     dataset = Dataset(path=path, examples=examples, preamble=preamble,
                       content_hash=content_hash(examples, preamble), warnings=tuple(warnings))

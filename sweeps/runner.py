@@ -30,6 +30,10 @@ import sqlalchemy
 from gemini_backend import BaseBackend
 from gemini_backend import create_backend
 from sweeps import _trial_state as ts
+from sweeps._dataset_identity import check_dataset_unchanged
+from sweeps._embedded_stores import StoreError
+from sweeps._embedded_stores import disk_full_in_words
+from sweeps._embedded_stores import ensure_optuna_store
 from sweeps._eval_run import Evaluator
 from sweeps._eval_run import build_evaluator
 from sweeps._lease import StudyLeases
@@ -94,6 +98,7 @@ class SweepResult:
     tracking_uri: str | None = None
 
 
+@disk_full_in_words
 def run_sweep(
     config: SweepConfig,
     *,
@@ -134,6 +139,8 @@ def run_sweep(
         try:
             with leases.lock.hold():  # workers starting together must agree on one sweep id
                 sweep_id = _sweep_id(study)
+                check_dataset_unchanged(study, data, path=config.dataset_path,
+                                        sweep_name=config.name)
                 # Under the same lock, so two workers starting together seed only once.
                 seed_from_earlier_sweeps(config, study, dataset_hash=data.content_hash)
             tracker = tracker or MlflowTracker(_tracking_uri(config))
@@ -233,6 +240,7 @@ def open_study(config: SweepConfig) -> optuna.Study:
         if url.startswith("sqlite:///"):
             path = Path(url.removeprefix("sqlite:///"))
             path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_optuna_store(url)
             storage = optuna.storages.RDBStorage(
                 url, engine_kwargs={"creator": functools.partial(connect_sqlite, path)})
         study = retry_first_use(lambda: optuna.create_study(
@@ -243,7 +251,7 @@ def open_study(config: SweepConfig) -> optuna.Study:
         _check_directions(config, study)
         _name_metrics(config, study)
         return study
-    except ConfigError:
+    except (ConfigError, StoreError):
         raise
     except sqlalchemy.exc.OperationalError as exc:  # a storage that does not answer
         raise StorageUnavailable.from_error(url, exc) from None

@@ -12,6 +12,11 @@ from typing import Any
 
 import optuna
 
+from sweeps._per_trial_seed import PerTrialSeedCmaEsSampler
+from sweeps._per_trial_seed import PerTrialSeedGPSampler
+from sweeps._per_trial_seed import PerTrialSeedRandomSampler
+from sweeps._per_trial_seed import PerTrialSeedStratifiedTPESampler
+from sweeps._per_trial_seed import PerTrialSeedTPESampler
 from sweeps.config import Choices
 from sweeps.config import Fixed
 from sweeps.config import FloatRange
@@ -84,22 +89,40 @@ def max_epochs(space: SearchSpace) -> int:
 
 
 def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
-    """The sampler the config names, seeded when ``sampler.seed`` is set."""
+    """The sampler the config names, seeded when ``sampler.seed`` is set.
+
+    A seeded TPE, random or GP sampler draws each trial from the seed and the trial's
+    number (:mod:`sweeps._per_trial_seed`): the sampler is rebuilt by every process of a
+    sweep, and a seed applied once would repeat its draws after a restart or in a second
+    worker. CMA-ES draws its random start that way; the grid keeps Optuna's own seeding (it
+    skips points already taken).
+    """
     sampler: SamplerConfig = config.sampler
+    seed = sampler.seed
     if sampler.kind == "random":
-        return optuna.samplers.RandomSampler(seed=sampler.seed)
+        if seed is None:
+            return optuna.samplers.RandomSampler()
+        return PerTrialSeedRandomSampler(seed=seed)
     if sampler.kind == "grid":
-        return _AskTellGridSampler(_grid(config.search_space), seed=sampler.seed)
+        return _AskTellGridSampler(_grid(config.search_space), seed=seed)
     if sampler.kind == "gp":
-        return optuna.samplers.GPSampler(seed=sampler.seed,
-                                         n_startup_trials=sampler.n_startup_trials or 10)
+        n_startup = sampler.n_startup_trials or 10
+        if seed is None:
+            return optuna.samplers.GPSampler(n_startup_trials=n_startup)
+        return PerTrialSeedGPSampler(seed=seed, n_startup_trials=n_startup)
     if sampler.kind == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=sampler.seed,
-                                            n_startup_trials=sampler.n_startup_trials or 1)
+        n_startup = sampler.n_startup_trials or 1
+        if seed is None:
+            return optuna.samplers.CmaEsSampler(n_startup_trials=n_startup)
+        return PerTrialSeedCmaEsSampler(seed=seed, n_startup_trials=n_startup)
     n_startup_trials = sampler.n_startup_trials or 10
     if sampler.start == "stratified":
-        return StratifiedStartTPESampler(seed=sampler.seed, n_startup_trials=n_startup_trials)
-    return optuna.samplers.TPESampler(seed=sampler.seed, n_startup_trials=n_startup_trials)
+        if seed is None:
+            return StratifiedStartTPESampler(n_startup_trials=n_startup_trials)
+        return PerTrialSeedStratifiedTPESampler(seed=seed, n_startup_trials=n_startup_trials)
+    if seed is None:
+        return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials)
+    return PerTrialSeedTPESampler(seed=seed, n_startup_trials=n_startup_trials)
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):

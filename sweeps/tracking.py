@@ -33,6 +33,7 @@ from sweeps._prune_reason import prune_tags
 from sweeps._tracking_plots import save_figure
 from sweeps._tracking_plots import sweep_figures
 from sweeps._tracking_plots import write_loss_curve_png
+from sweeps._tracking_store import ensure_mlflow_store
 from sweeps._trial_state import TrialOutcome
 from sweeps.plots import Curve
 
@@ -145,6 +146,9 @@ class MlflowTracker:
         """Find or create the experiment and the parent run; remember existing children."""
         with self._lock:
             self._info = info
+            if self._client is None:  # outside the retries: a failure here is not transient
+                writer.send_mlflow_logs_to_file(self.tracking_uri)
+                ensure_mlflow_store(self.tracking_uri, artifact_root=self._artifact_root)
             writer.with_retries("opening the sweep's parent run", self._open_parent)
 
     def _open_parent(self) -> None:

@@ -143,21 +143,21 @@ ERROR_CASES = {
         backend: {kind: local}
         search_space:
           epochs: {value: 0}  # <-
-        """, "search_space.epochs", "epoch counts must be at least 1, got 0"),
+        """, "search_space.epochs", "epoch counts must be between 1 and 100, got 0"),
     "negative epochs in a range": ("""\
         name: x
         dataset: {path: d.jsonl}
         backend: {kind: local}
         search_space:
           epochs: {low: -2, high: 5}  # <-
-        """, "search_space.epochs", "epoch counts must be at least 1, got -2"),
+        """, "search_space.epochs", "epoch counts must be between 1 and 100, got -2"),
     "zero epochs among choices": ("""\
         name: x
         dataset: {path: d.jsonl}
         backend: {kind: local}
         search_space:
           epochs: {choices: [0, 3]}  # <-
-        """, "search_space.epochs", "epoch counts must be at least 1, got 0"),
+        """, "search_space.epochs", "epoch counts must be between 1 and 100, got 0"),
     "negative sampler seed": ("""\
         name: x
         dataset: {path: d.jsonl}

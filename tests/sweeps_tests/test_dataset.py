@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -454,3 +457,69 @@ def test_request_size_never_underestimates_what_the_gemini_api_backend_sends() -
     sent = len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     estimate = gemini_api_request_bytes(examples)
     assert sent <= estimate <= sent + 100
+
+
+# --- only regular files; empty inputs; the data a sweep began with ------------------------
+
+
+def _validate_in_child(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    # In a child with a timeout: reading a FIFO or /dev/zero by mistake never returns.
+    return subprocess.run([sys.executable, "-c", "from sweeps.cli import main; main()",
+                           "validate", str(path), *extra], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_only_a_regular_file_is_read_as_a_dataset(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "data.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    done = _validate_in_child(path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    expected = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    assert f"is {expected}, not a regular file" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+
+
+def _empty_inputs(folder: Path, n_examples: int = 24) -> Path:
+    path = folder / "data.jsonl"
+    rows = [{"text_input": "" if i % 2 else "  ", "output": f"answer {i}"}
+            for i in range(n_examples)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_an_empty_input_is_flagged_with_its_line(tmp_path: Path) -> None:
+    path = _empty_inputs(tmp_path)
+    report = validate_dataset(path, backend="gemini-api")  # the input is optional there
+    assert report.is_valid
+    assert any(w.startswith(f"{path}:1: text_input: empty") for w in report.warnings)
+    assert any(w.startswith(f"{path}:20: text_input: empty") for w in report.warnings)
+    assert "... and 4 more empty text_input warnings" in report.warnings
+
+    vertex = validate_dataset(path, backend="vertex")  # a user turn needs text
+    assert not vertex.is_valid
+    assert vertex.errors[0].startswith(f"{path}:1: text_input: missing or empty")
+    assert validate_dataset(path, backend="vertex", preamble="Answer: ").is_valid
+
+
+def test_a_sweep_refuses_a_dataset_changed_since_it_began(make_config, clock,
+                                                          tmp_path: Path) -> None:
+    from sweeps.runner import run_sweep
+    from sweeps.tracking import NullTracker
+    from tests.sweeps_tests.fake_backend import FakeBackend
+
+    config = make_config(n_trials=2, concurrency=1)
+    run_sweep(config, backend=FakeBackend(clock=clock), tracker=NullTracker(), clock=clock,
+              sleep=clock.sleep)
+    with (tmp_path / "data.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"text_input": "one more", "output": "example"}) + "\n")
+    more = config.model_copy(update={"n_trials": 4})
+    backend = FakeBackend(clock=clock)
+    with pytest.raises(DatasetError, match=r"the dataset changed since sweep 'test-sweep' "
+                                           r"began: content \(examples or preamble\): hash"):
+        run_sweep(more, backend=backend, tracker=NullTracker(), clock=clock,
+                  sleep=clock.sleep)
+    assert backend.submits == []
