@@ -25,6 +25,7 @@ from gemini_backend.errors import BackendError
 from gemini_backend.errors import InvalidRequestError
 from gemini_backend.errors import JobNotFound
 from gemini_backend.errors import QuotaError
+from gemini_backend.errors import CreateUnsettled
 from gemini_backend.errors import TransientError
 from gemini_backend.limits import LIMITS
 from gemini_backend.limits import DatasetLimits
@@ -56,6 +57,7 @@ __all__ = [
     "LIMITS",
     "LossSnapshot",
     "QuotaError",
+    "CreateUnsettled",
     "TransientError",
     "backend_class",
     "check_request",

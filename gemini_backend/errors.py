@@ -7,6 +7,7 @@ The tree, so an ``except`` can be written before reading the code::
       InvalidRequestError         400 and local pre-submit checks (also a ValueError)
       JobNotFound                 the job (or tuned model) does not exist
       TransientError              retryable=True: timeouts, dropped connections, 408/5xx
+        CreateUnsettled           a create whose outcome is not known yet: ask again later
         QuotaError                429 / RESOURCE_EXHAUSTED; carries retry_after_s when sent
 
 Library and HTTP exceptions are translated into these at the backend boundary, always with
@@ -69,6 +70,15 @@ class TransientError(BackendError):
         self.retry_after_s = retry_after_s
 
 
+class CreateUnsettled(TransientError):
+    """A create may have made a job the service does not show yet: submit again later.
+
+    Unlike other transient errors it is not a failed attempt: the backend bounds the wait
+    itself (until the job shows, or is proven absent) and a caller that gave up on it could
+    leave a paid job with no trial to collect it.
+    """
+
+
 class QuotaError(TransientError):
     """Rate limit or quota exhausted (429 / RESOURCE_EXHAUSTED); retry after a while."""
 
@@ -76,6 +86,7 @@ class QuotaError(TransientError):
 __all__ = [
     "AuthError",
     "BackendError",
+    "CreateUnsettled",
     "InvalidRequestError",
     "JobNotFound",
     "QuotaError",

@@ -81,6 +81,7 @@ from gemini_backend.errors import AuthError
 from gemini_backend.errors import BackendError
 from gemini_backend.errors import InvalidRequestError
 from gemini_backend.errors import QuotaError
+from gemini_backend.errors import CreateUnsettled
 from gemini_backend.errors import TransientError
 from gemini_backend.limits import limits_for
 
@@ -259,7 +260,7 @@ class VertexBackend(BaseBackend):
             logger.warning("key %s: create %d (%.0fs ago) made no job the list shows; "
                            "creating again", key, attempt.number, now - attempt.posted_at)
             return
-        raise TransientError(
+        raise CreateUnsettled(
             f"create tuning job: create {attempt.number} for key {key} may have made a job "
             f"the list does not show yet; not creating again for {remaining:.0f}s "
             f"(list_lag_window_s)",
@@ -327,7 +328,7 @@ class VertexBackend(BaseBackend):
         while True:
             attempt = CreateAttempt(number, self._clock())
             if not wiring.creates.record(key, attempt.number, attempt.posted_at):
-                raise TransientError(f"create tuning job: another worker is creating the job "
+                raise CreateUnsettled(f"create tuning job: another worker is creating the job "
                                      f"for key {key}; looking it up later",
                                      retry_after_s=self.config.list_lag_window_s or 1.0)
             try:
@@ -348,7 +349,7 @@ class VertexBackend(BaseBackend):
                     logger.warning("job=%s was created despite: %s", found.job_id,
                                    error.message)
                     return found
-                raise TransientError(
+                raise CreateUnsettled(
                     f"{error.message}; whether the job for key {key} was created is unknown "
                     "until the job list shows it or list_lag_window_s has passed",
                     status_code=error.status_code, service_status=error.service_status,

@@ -26,6 +26,7 @@ from gemini_backend import BaseBackend
 from gemini_backend import JobNotFound
 from gemini_backend import JobState
 from gemini_backend import JobStatus
+from gemini_backend import CreateUnsettled
 from gemini_backend import TransientError
 from gemini_backend import retry_call
 from sweeps import _trial_state as ts
@@ -262,7 +263,11 @@ class SweepLoop:
         self._starting[job.number] = started
 
     def _retry_submit_later(self, job: InFlight, exc: TransientError) -> None:
-        job.submit_attempts += 1
+        # A create still unsettled is not a failed attempt (after the first, which makes the
+        # next try look the key up): failing the trial could orphan a job the service shows
+        # later, paid for with no trial to collect it. The backend bounds that wait itself.
+        if not (isinstance(exc, CreateUnsettled) and job.submit_attempts):
+            job.submit_attempts += 1
         if job.submit_attempts >= _MAX_SUBMIT_ATTEMPTS:
             logger.error("trial=%d submit failed %d times: %s", job.number,
                          job.submit_attempts, exc.message)

@@ -25,6 +25,7 @@ from gemini_backend import JobRequest
 from gemini_backend import JobState
 from gemini_backend import JobStatus
 from gemini_backend import LossSnapshot
+from gemini_backend import CreateUnsettled
 from gemini_backend import TransientError
 from gemini_backend import check_request
 
@@ -81,6 +82,7 @@ class FakeBackend(BaseBackend):
     fail_when: Callable[[JobRequest], str | None] = lambda request: None
     transient_polls: int = 0  # the next N polls raise TransientError
     transient_submits: int = 0
+    unsettled_submits: int = 0  # the next N submits say a lost create is not settled yet
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     submits: list[str] = field(default_factory=list)
     polls: int = 0
@@ -96,6 +98,10 @@ class FakeBackend(BaseBackend):
         if self.transient_submits:
             self.transient_submits -= 1
             raise TransientError("503 service unavailable", status_code=503)
+        if self.unsettled_submits:
+            self.unsettled_submits -= 1
+            raise CreateUnsettled("an earlier create may have made a job the list does not "
+                                  "show yet", retry_after_s=15.0)
         if request.idempotency_key not in self.jobs:
             self.submits.append(request.idempotency_key)
             self.jobs[request.idempotency_key] = FakeJob(request, self.clock(),

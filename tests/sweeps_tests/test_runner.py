@@ -109,6 +109,18 @@ def test_transient_errors_are_retried_not_failed(make_config, clock) -> None:
     assert len(backend.submits) == len(set(backend.submits)) == 3
 
 
+def test_a_create_left_unsettled_is_waited_for_not_counted_as_failed_submits(make_config,
+                                                                             clock):
+    """A backend that cannot yet tell whether a lost create made a job (a lagging list) says
+    so for as long as its window lasts; the trial waits instead of failing after the usual
+    submit attempts, which could leave that job paid for with no trial to collect it."""
+    config = make_config(n_trials=1, concurrency=1)
+    backend = FakeBackend(clock=clock, unsettled_submits=20)
+    result = run(config, backend, clock)
+    assert result.n_complete == 1 and result.n_failed == 0
+    assert backend.submits == [open_study(config).get_trials()[0].user_attrs[ts.ATTR_KEY]]
+
+
 def test_failed_jobs_fail_trials_and_stop_after_consecutive_limit(make_config, clock):
     config = make_config(n_trials=10, concurrency=1, max_consecutive_failures=2)
     message = "403 insufficient authentication scopes"
