@@ -22,10 +22,10 @@ from gemini_backend.base import LossSnapshot
 from gemini_backend.base import check_request
 from gemini_backend.errors import AuthError
 from gemini_backend.errors import BackendError
+from gemini_backend.errors import CreateUnsettled
 from gemini_backend.errors import InvalidRequestError
 from gemini_backend.errors import JobNotFound
 from gemini_backend.errors import QuotaError
-from gemini_backend.errors import CreateUnsettled
 from gemini_backend.errors import TransientError
 from gemini_backend.limits import LIMITS
 from gemini_backend.limits import DatasetLimits

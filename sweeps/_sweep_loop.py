@@ -23,10 +23,10 @@ import optuna
 from gemini_backend import BackendError
 from gemini_backend import Backoff
 from gemini_backend import BaseBackend
+from gemini_backend import CreateUnsettled
 from gemini_backend import JobNotFound
 from gemini_backend import JobState
 from gemini_backend import JobStatus
-from gemini_backend import CreateUnsettled
 from gemini_backend import TransientError
 from gemini_backend import retry_call
 from sweeps import _trial_state as ts

@@ -19,13 +19,13 @@ from gemini_backend import CANONICAL_KNOBS
 from gemini_backend import BackendConfig
 from gemini_backend import BaseBackend
 from gemini_backend import Capabilities
+from gemini_backend import CreateUnsettled
 from gemini_backend import JobNotFound
 from gemini_backend import JobRef
 from gemini_backend import JobRequest
 from gemini_backend import JobState
 from gemini_backend import JobStatus
 from gemini_backend import LossSnapshot
-from gemini_backend import CreateUnsettled
 from gemini_backend import TransientError
 from gemini_backend import check_request
 
