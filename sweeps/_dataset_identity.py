@@ -38,8 +38,9 @@ def check_dataset_unchanged(study: optuna.Study, data: PreparedData, *, path: Pa
     began = study.user_attrs.get(STUDY_ATTR_DATASET)
     if not isinstance(began, dict):
         # A sweep begun before its dataset was stored: its trials carry the hash they used.
-        used = {t.user_attrs.get(ts.ATTR_DATASET_HASH)
-                for t in study.get_trials(deepcopy=False)} - {None}
+        used = {str(t.user_attrs[ts.ATTR_DATASET_HASH])
+                for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get(ts.ATTR_DATASET_HASH) is not None}
         if used and used != {now["content_hash"]}:
             raise _changed(path, sweep_name, [_hash_change(sorted(used)[0], now)])
         study.set_user_attr(STUDY_ATTR_DATASET, now)

@@ -50,14 +50,16 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         with self._draw_lock:
             reseed(self, (self._sweep_seed, trial.number))
-            return super().sample_relative(study, trial, search_space)
+            return super().sample_relative(  # type: ignore[safe-super]
+                study, trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                            param_name: str, param_distribution: BaseDistribution) -> Any:
         with self._draw_lock:
             # crc32, not hash(): the same in every process.
             reseed(self, (self._sweep_seed, trial.number, zlib.crc32(param_name.encode())))
-            return super().sample_independent(study, trial, param_name, param_distribution)
+            return super().sample_independent(  # type: ignore[safe-super]
+                study, trial, param_name, param_distribution)
 
 
 class PerTrialSeedTPESampler(PerTrialSeed, optuna.samplers.TPESampler):
