@@ -22,6 +22,7 @@ from typing import Any
 
 from gemini_backend import DatasetLimits
 from gemini_backend import Example
+from gemini_backend import InvalidRequestError
 from gemini_backend import JobRequest
 from gemini_backend import config_model
 from gemini_backend import create_backend
@@ -222,7 +223,7 @@ def load_dataset(path: str | Path, *, preamble: str = "", backend: str = "local"
     return report.dataset
 
 
-def gemini_api_request_bytes(examples: Sequence[Example]) -> int:
+def gemini_api_request_bytes(examples: Sequence[Example]) -> int | None:
     """Size of a ``tunedModels.create`` body carrying ``examples`` inline, measured by the
     gemini-api backend on the body it sends, with the longest name and all knobs, so a
     dataset that passes here is never rejected for size at submit."""
@@ -232,7 +233,7 @@ def gemini_api_request_bytes(examples: Sequence[Example]) -> int:
     return _measured_by("gemini-api", request)
 
 
-def vertex_jsonl_bytes(examples: Sequence[Example]) -> int:
+def vertex_jsonl_bytes(examples: Sequence[Example]) -> int | None:
     """Size of the Vertex AI training file, measured by the Vertex backend on the file it
     uploads (without a system instruction, which the sweep's run adds to the check)."""
     request = JobRequest(train=tuple(examples), epochs=1, learning_rate_multiplier=1.0,
@@ -246,11 +247,16 @@ _SIZE_PROBE_SETTINGS: dict[str, dict[str, str]] = {
 }
 
 
-def _measured_by(kind: str, request: JobRequest) -> int:
-    """What the ``kind`` backend says it sends for ``request`` (it never calls out here)."""
+def _measured_by(kind: str, request: JobRequest) -> int | None:
+    """What the ``kind`` backend says it sends for ``request`` (it never calls out here);
+    ``None`` when it would send nothing: examples it refuses (an empty input for Vertex),
+    which the example checks report with their lines."""
     settings = config_model(kind).model_validate(_SIZE_PROBE_SETTINGS[kind])
     with create_backend(settings, base_dir=Path(".")) as backend:
-        size = backend.upload_bytes(request)
+        try:
+            size = backend.upload_bytes(request)
+        except InvalidRequestError:
+            return None
     assert size is not None, f"the {kind} backend has a size limit, so it measures its upload"
     return size
 
