@@ -63,7 +63,7 @@ is 2% above the best quality that any method's incumbent reached on that dataset
 have cost with the same proposals and a perfect pruner: every trial before the one that
 reaches it cancelled at epoch 2, that one stopped at its plateau. It tells whether better
 pruning alone could reach a ratio, or whether the proposals must get there in fewer trials.
-For scale, the same pruner with uniform random proposals at ``MAX_EPOCHS`` epochs, drawn
+For scale, the same pruner with uniform random proposals at the recorded epochs, drawn
 straight from the recordings (``random_proposals_bound``): what a search that knows nothing
 of the space would pay if its pruning were perfect.
 
@@ -82,6 +82,7 @@ import math
 import multiprocessing
 import random
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -94,8 +95,8 @@ from typing import Any
 import optuna
 
 from gemini_backend import LossSnapshot
+from gemini_backend.errors import InvalidRequestError
 from gemini_backend.replay import ReplayBackend
-from gemini_backend.replay import ReplayRecord
 from gemini_backend.replay import load_curves
 from gemini_backend.replay import nearest_record
 from sweeps import SweepConfig
@@ -108,22 +109,33 @@ from sweeps.runner import open_study
 from sweeps.runner import run_sweep
 from sweeps.tracking import NullTracker
 
+# Run as a script (and in the spawned workers) the modules beside it import by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from curve_sets import TARGET_GAP  # noqa: E402
+from curve_sets import Grid  # noqa: E402
+from curve_sets import cell_means  # noqa: E402
+from curve_sets import cell_of  # noqa: E402
+from curve_sets import grid_of  # noqa: E402
+from curve_sets import loss_by_epoch  # noqa: E402
+from curve_sets import quality_field  # noqa: E402
+from curve_sets import target_of  # noqa: E402
+from leave_one_out import Cell  # noqa: E402
+from leave_one_out import leave_one_set_out  # noqa: E402
+from leave_one_out import policy_candidates  # noqa: E402
+from leave_one_out import print_figures  # noqa: E402
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "configs" / "data"
-DATASETS = ("next_number", "reverse_word", "digit_sum")
+DEFAULT_CURVES = tuple(str(DATA_DIR / f"curves_{name}.json")
+                       for name in ("next_number", "reverse_word", "digit_sum"))
 TrialState = optuna.trial.TrialState
-MAX_EPOCHS = 8
-TARGET_GAP = 0.02
 PERFECT_CANCEL_EPOCH = 2  # oracle_bound_to: the policy's min_epochs
 RANDOM_BOUND_SWEEPS = 400  # simulated sweeps behind random_proposals_bound's median
 EPOCH_S = 1.0  # simulated seconds per recorded epoch (the replay's time_scale is set so)
 POLL_INTERVAL_S = 0.4  # about two polls per epoch: pruners and patience see every epoch
-MULTIPLIER = {"low": 0.3, "high": 10.0, "log": True}
-SPACES: dict[str, dict[str, Any]] = {
-    "vertex": {"batch_size": {"value": 16}, "learning_rate_multiplier": MULTIPLIER},
-    "all": {"batch_size": {"choices": [8, 16, 32]}, "learning_rate_multiplier": MULTIPLIER},
-}
-EPOCHS_SEARCHED = {"low": 1, "high": MAX_EPOCHS}
-FROM_CURVE = {"mode": "from_curve", "max": MAX_EPOCHS}
+SPACE_NAMES = ("vertex", "all")
+# The epochs' upper end (``high`` / ``max``) is each set's recorded epochs (method_for).
+EPOCHS_SEARCHED = {"low": 1}
+FROM_CURVE = {"mode": "from_curve"}
 METHODS: dict[str, dict[str, Any]] = {
     "random": {"sampler": {"kind": "random"}, "epochs": EPOCHS_SEARCHED},
     "tpe": {"epochs": EPOCHS_SEARCHED},
@@ -143,9 +155,21 @@ METHODS: dict[str, dict[str, Any]] = {
 METHODS["informed"] = {**METHODS["policy"], "space": {
     "batch_size": {"value": 8}, "learning_rate_multiplier": {"low": 1.69, "high": 7.75,
                                                               "log": True}}}
-# Floors run only in these spaces and do not set the target (the best any method found).
+# Floors run only in these spaces and are not run unless named (--methods): their region
+# was read off the three default sets.
 FLOORS = {"informed": ("all",)}
+DEFAULT_METHODS = [m for m in METHODS if m not in FLOORS]
+# The leave-one-set-out grid; a name spells its numbers (leave_one_out.policy_candidates).
+CANDIDATES = policy_candidates()
+ALL_METHODS = {**METHODS, **CANDIDATES}
 QUALITIES = ("observed", "mean of seeds")
+
+
+def method_for(method: dict[str, Any], grid: Grid, space: str) -> dict[str, Any]:
+    """The method's config fragment on one set: epochs up to its recorded epochs, its space."""
+    epochs = dict(method["epochs"])
+    epochs["high" if "low" in epochs else "max"] = grid.max_epochs
+    return {**method, "epochs": epochs, "space": method.get("space", grid.spaces()[space])}
 
 
 class SimClock:
@@ -226,12 +250,14 @@ class FinishedTrial:
 
 def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], *,
                 seed: int, n_trials: int, concurrency: int = 1) -> SweepConfig:
+    """A replay sweep over the curves file ``dataset`` (a path)."""
+    method = method_for(method, _truth(dataset).grid, space)
     data: dict[str, Any] = {
-        "name": "bench", "dataset": {"path": str(DATA_DIR / f"{dataset}.jsonl"),
+        "name": "bench", "dataset": {"path": str(_examples_beside(dataset)),
                                      "validation_split": 0.15, "seed": 0},
-        "backend": {"kind": "replay", "curves": str(DATA_DIR / f"curves_{dataset}.json"),
+        "backend": {"kind": "replay", "curves": dataset,
                     "time_scale": _time_scale(dataset), "job_root": str(folder / "jobs")},
-        "search_space": {"epochs": method["epochs"], **method.get("space", SPACES[space])},
+        "search_space": {"epochs": method["epochs"], **method["space"]},
         "sampler": {"kind": "tpe", **method.get("sampler", {}), "seed": seed},
         "n_trials": n_trials, "concurrency": concurrency, "poll_interval_s": POLL_INTERVAL_S,
         "storage": f"sqlite:///{folder / 'optuna.db'}", "config_dir": folder,
@@ -241,30 +267,47 @@ def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], 
     return SweepConfig.model_validate(data)
 
 
+def _examples_beside(curves: str) -> Path:
+    """The sweep config needs a dataset; the replay serves curves whatever it holds, so the
+    set's own ``<name>.jsonl`` where it lies beside the curves, else a shipped one."""
+    path = Path(curves)
+    own = path.with_name(path.stem.removeprefix("curves_") + ".jsonl")
+    return own if own.is_file() else DATA_DIR / "next_number.jsonl"
+
+
+def set_name(curves: str) -> str:
+    return Path(curves).stem.removeprefix("curves_")
+
+
 def _time_scale(dataset: str) -> float:
-    """Play the slowest recorded job at EPOCH_S per epoch (recorded jobs took 0.4-2 s)."""
-    return EPOCH_S * MAX_EPOCHS / min(r.duration_s for r in _truth(dataset).records)
+    """Play the slowest recorded job at EPOCH_S per epoch."""
+    truth = _truth(dataset)
+    return EPOCH_S * truth.grid.max_epochs / min(r.duration_s for r in truth.records)
 
 
 class Truth:
-    """The recorded validation loss of the run the replay served a trial, and of its cell."""
+    """A curves file's grid, and the quality loss (held-out test loss where recorded) of the
+    run the replay served a trial and of its cell."""
 
     def __init__(self, dataset: str) -> None:
-        self.records = tuple(load_curves(DATA_DIR / f"curves_{dataset}.json"))
-        cells: dict[tuple[Any, ...], list[dict[int, float]]] = {}
-        for record in self.records:
-            cells.setdefault(_cell(record), []).append(_eval_by_epoch(record))
-        self.cell_mean = {cell: {e: statistics.fmean(run[e] for run in runs) for e in runs[0]}
-                          for cell, runs in cells.items()}
+        self.records = tuple(load_curves(dataset))
+        self.grid = grid_of(self.records, dataset)
+        self.field = quality_field(self.records)
+        self.cell_mean = cell_means(self.records, self.field)
+
+    def target(self, space: str) -> float:
+        """Fixed before any method runs (curve_sets.target_of), in the space's cells."""
+        batch = self.grid.vertex_batch_size if space == "vertex" else None
+        return target_of(self.records, self.field, batch_size=batch)
 
     def quality(self, outcome: TrialOutcome, epoch: int) -> tuple[float, float]:
         record = self.records[nearest_record(self.records, outcome.knobs, epochs=1,
                                              tie_break=outcome.key)]
-        recorded = _eval_by_epoch(record)
+        recorded = loss_by_epoch(record, "eval_loss")
         served = outcome.eval_epoch_loss or ()
         if any(abs(recorded[e] - loss) > 1e-9 for e, loss in enumerate(served, start=1)):
             raise AssertionError(f"trial {outcome.number}: the replay served another record")
-        return recorded[epoch], self.cell_mean[_cell(record)][epoch]
+        return loss_by_epoch(record, self.field)[epoch], self.cell_mean[cell_of(record)][epoch]
 
     @cache  # noqa: B019 (one Truth per dataset, kept for the run)
     def at_plateau(self, index: int) -> Served:
@@ -278,8 +321,8 @@ class Truth:
         assert record.tokens_per_epoch, "the recorded curve sets give tokens_per_epoch"
         return Served(per_epoch=record.tokens_per_epoch, plateau_epoch=plateau.epoch,
                       objective=plateau.loss,
-                      quality=(_eval_by_epoch(record)[plateau.epoch],
-                               self.cell_mean[_cell(record)][plateau.epoch]))
+                      quality=(loss_by_epoch(record, self.field)[plateau.epoch],
+                               self.cell_mean[cell_of(record)][plateau.epoch]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,20 +340,12 @@ def _truth(dataset: str) -> Truth:
     return Truth(dataset)
 
 
-def _cell(record: ReplayRecord) -> tuple[Any, ...]:
-    return record.params["batch_size"], record.params["learning_rate_multiplier"]
-
-
-def _eval_by_epoch(record: ReplayRecord) -> dict[int, float]:
-    return {p.epoch: p.eval_loss for p in record.curve if p.eval_loss is not None}
-
-
 def run_one(task: tuple[str, str, str, int, int, int]) -> tuple[tuple[str, str, str], Trace]:
     space, dataset, method, seed, n_trials, concurrency = task
     _quiet()
     with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
         folder = Path(tmp)
-        config = make_config(folder, dataset, space, METHODS[method], seed=seed,
+        config = make_config(folder, dataset, space, ALL_METHODS[method], seed=seed,
                              n_trials=n_trials, concurrency=concurrency)
         # The study's id goes into every idempotency key, and the key picks which seed of a
         # cell the replay serves: fixed per benchmark seed, the served runs repeat and are
@@ -366,22 +401,39 @@ def _quiet() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--curves", nargs="+", default=list(DEFAULT_CURVES), metavar="FILE",
+                        help="recorded curve sets (scripts/record_curve_sets.py)")
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--n-trials", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=2, help="sweeps run at once")
     parser.add_argument("--concurrency", type=int, default=1, help="jobs in flight per sweep")
-    parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--spaces", nargs="+", default=list(SPACE_NAMES), choices=SPACE_NAMES)
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                        choices=list(ALL_METHODS))
+    parser.add_argument("--leave-one-out", action="store_true",
+                        help="also run the policy grid (leave_one_out.policy_candidates) and "
+                             "report each set on the candidate chosen on the other sets")
     parser.add_argument("--oracle-bound", action="store_true",
                         help="also print what a perfect pruner would have spent (concurrency 1)")
     args = parser.parse_args()
     _quiet()
+    curves = [str(Path(path).resolve()) for path in args.curves]
+    for path in curves:
+        try:
+            truth = _truth(path)
+        except (InvalidRequestError, ValueError) as exc:
+            raise SystemExit(f"--curves: {exc}") from None
+        if truth.field != "test_loss":
+            print(f"note: {path} records no test_loss: quality is judged on the validation "
+                  "loss the sweeps select on (optimistic)")
     methods = ["tpe", *[m for m in args.methods if m != "tpe"]]  # the ratio's base
+    if args.leave_one_out:
+        methods += [m for m in CANDIDATES if m not in methods]
     print(f"optuna {optuna.__version__}; {args.seeds} seeds x {args.n_trials} trials per "
-          f"sweep; target: within {TARGET_GAP:.0%} of the best incumbent any method reached")
+          f"sweep; target: within {TARGET_GAP:.0%} of the best smoothed seed-mean curve of "
+          "the space's recorded cells (fixed before any method runs)")
     tasks = [(space, dataset, method, seed, args.n_trials, args.concurrency)
-             for space in args.spaces for dataset in args.datasets
+             for space in args.spaces for dataset in curves
              for method in methods_in(space, methods) for seed in range(args.seeds)]
     started_s = time.monotonic()
     traces: dict[tuple[str, str, str], list[Trace]] = {}
@@ -390,13 +442,14 @@ def main() -> None:
             traces.setdefault(key, []).append(trace)
     print(f"({len(tasks)} sweeps in {time.monotonic() - started_s:.0f} s)")
     ratios: dict[str, list[float]] = {}
+    printed = [m for m in methods if m not in CANDIDATES or m in args.methods]
     for space in args.spaces:
+        targets = {d: _truth(d).target(space) for d in curves}
         for index, quality in enumerate(QUALITIES):
-            in_space = methods_in(space, methods)
-            targets = {d: _target(space, d, index, in_space, traces) for d in args.datasets}
+            in_space = methods_in(space, printed)
             table = print_table(space, quality, index, targets, in_space, traces)
             for method, cells in table.items():
-                ratios.setdefault(method, []).extend(cells)
+                ratios.setdefault(method, []).extend(c.ratio for c in cells)
             if args.oracle_bound and args.concurrency == 1:
                 print_oracle_bound(space, index, targets, in_space, traces, args.n_trials)
     # One figure per method to choose the default by: every cell counts, and a cell
@@ -405,6 +458,25 @@ def main() -> None:
           "(floors: their spaces only):")
     for method, cells in ratios.items():
         print(f"  {method}: {_fmt_ratio(_geomean(cells))} over {len(cells)} cells")
+    if args.leave_one_out:
+        results = {(method, set_name(d)): [cell_result(space, d, method, traces)
+                                           for space in args.spaces]
+                   for method in CANDIDATES for d in curves}
+        print_figures(leave_one_set_out(list(CANDIDATES), [set_name(d) for d in curves],
+                                        results))
+
+
+def cell_result(space: str, dataset: str, method: str,
+                traces: dict[tuple[str, str, str], list[Trace]],
+                quality: int = QUALITIES.index("observed")) -> Cell:
+    """One method on one set and space: median tokens to the target over TPE's, and reach."""
+    target = _truth(dataset).target(space)
+    costs = [t.tokens_to(target, quality) for t in traces[(space, dataset, method)]]
+    base = _tpe_tokens_to(space, dataset, target, quality, traces)
+    median = _median(costs)
+    ratio = median / base if math.isfinite(base) and base > 0 else math.nan
+    return Cell(space=space, ratio=ratio, reached=sum(math.isfinite(c) for c in costs),
+                sweeps=len(costs))
 
 
 @cache
@@ -413,15 +485,15 @@ def _random_sweeps(space: str, dataset: str, n_trials: int) -> tuple[tuple[int, 
     log-uniform), each proposal the index of the record the replay would serve it."""
     records = _truth(dataset).records
     rng = random.Random(f"{space}/{dataset}")
-    return tuple(tuple(nearest_record(records, _random_knobs(space, rng), epochs=1,
+    return tuple(tuple(nearest_record(records, _random_knobs(space, dataset, rng), epochs=1,
                                       tie_break=str(rng.random()))
                        for _ in range(n_trials))
                  for _ in range(RANDOM_BOUND_SWEEPS))
 
 
-def _random_knobs(space: str, rng: random.Random) -> dict[str, Any]:
+def _random_knobs(space: str, dataset: str, rng: random.Random) -> dict[str, Any]:
     knobs: dict[str, Any] = {}
-    for name, spec in SPACES[space].items():
+    for name, spec in _truth(dataset).grid.spaces()[space].items():
         if "value" in spec:
             knobs[name] = spec["value"]
         elif "choices" in spec:
@@ -465,41 +537,32 @@ def methods_in(space: str, methods: list[str]) -> list[str]:
 
 def print_table(space: str, quality: str, index: int, targets: dict[str, float],
                 methods: list[str],
-                traces: dict[tuple[str, str, str], list[Trace]]) -> dict[str, list[float]]:
-    """Print one space x quality table; return each method's ratios to tpe, a cell each."""
+                traces: dict[tuple[str, str, str], list[Trace]]) -> dict[str, list[Cell]]:
+    """Print one space x quality table; return each method's cells (ratio to tpe, reach)."""
     datasets = list(targets)
-    print(f"\nspace {space}, quality = {quality} validation loss; each cell: median tokens "
-          "to the target (ratio to tpe) seeds that reached it")
-    print("targets: " + ", ".join(f"{d} <= {t:.4f}" for d, t in targets.items()))
-    print("| method | " + " | ".join(datasets)
+    print(f"\nspace {space}, quality = {quality}; each cell: median tokens to the target, "
+          "ratio to tpe (sweeps that reached the target)")
+    print("targets: " + ", ".join(f"{set_name(d)} {_truth(d).field} <= {t:.4f}"
+                                  for d, t in targets.items()))
+    print("| method | " + " | ".join(set_name(d) for d in datasets)
           + " | geometric mean | pruned / stopped per sweep |")
     print("|---|" + "---:|" * len(datasets) + "---:|---:|")
-    ratios: dict[str, list[float]] = {}
+    table: dict[str, list[Cell]] = {}
     for method in methods:
-        cells = []
+        texts = []
         for dataset in datasets:
-            runs = traces[(space, dataset, method)]
-            base = _tpe_tokens_to(space, dataset, targets[dataset], index, traces)
-            costs = [t.tokens_to(targets[dataset], index) for t in runs]
-            median = _median(costs)
-            ratio = median / base if math.isfinite(base) and base > 0 else math.nan
-            reached = sum(math.isfinite(c) for c in costs)
-            cells.append(f"{_fmt(median)} ({ratio:.2f}) {reached}/{len(runs)}")
-            ratios.setdefault(method, []).append(ratio)
+            cell = cell_result(space, dataset, method, traces, index)
+            median = _median([t.tokens_to(targets[dataset], index)
+                              for t in traces[(space, dataset, method)]])
+            texts.append(f"{_fmt(median)}, {cell}")
+            table.setdefault(method, []).append(cell)
         all_runs = [t for d in datasets for t in traces[(space, d, method)]]
         pruned = statistics.mean(t.n_pruned for t in all_runs)
         stopped = statistics.mean(t.n_stopped for t in all_runs)
-        print(f"| {method} | " + " | ".join(cells)
-              + f" | {_fmt_ratio(_geomean(ratios[method]))} | {pruned:.1f} / {stopped:.1f} |")
-    return ratios
-
-
-def _target(space: str, dataset: str, index: int, methods: list[str],
-            traces: dict[tuple[str, str, str], list[Trace]]) -> float:
-    """Within TARGET_GAP of the best incumbent any method (floors excluded) reached."""
-    best = min(t.best(index) for m in methods if m not in FLOORS
-               for t in traces[(space, dataset, m)])
-    return best * (1 + TARGET_GAP)
+        ratios = [c.ratio for c in table[method]]
+        print(f"| {method} | " + " | ".join(texts)
+              + f" | {_fmt_ratio(_geomean(ratios))} | {pruned:.1f} / {stopped:.1f} |")
+    return table
 
 
 def _tpe_tokens_to(space: str, dataset: str, target: float, index: int,
@@ -519,7 +582,7 @@ def print_oracle_bound(space: str, index: int, targets: dict[str, float], method
                                          for t in traces[(space, dataset, method)]])
                        for dataset, target in targets.items()}
               for method in methods}
-    bounds[f"random proposals at {MAX_EPOCHS} epochs ({RANDOM_BOUND_SWEEPS} simulated "
+    bounds[f"random proposals at the recorded epochs ({RANDOM_BOUND_SWEEPS} simulated "
            "sweeps)"] = {dataset: random_proposals_bound(space, dataset, target, index,
                                                          n_trials)
                          for dataset, target in targets.items()}

@@ -11,6 +11,8 @@ The file is JSON, a list of recorded trials::
 are spread evenly over ``duration_s``. ``training_tokens`` (for the whole recorded run) or
 ``tokens_per_epoch`` are optional. ``seed`` (optional) tells apart several recordings of the
 same knobs: the replay serves each job one of them, as real training varies run to run.
+``test_loss`` (optional, on a point that has ``eval_loss``) is the loss on a held-out test
+split that nothing selects on: the replay never serves it; benchmarks judge quality by it.
 The file is validated with pydantic at this edge and turned into frozen dataclasses inside.
 """
 
@@ -48,6 +50,7 @@ class ReplayPoint:
     loss: float
     eval_loss: float | None = None
     time_s: float | None = None
+    test_loss: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,8 @@ def _point_dict(point: ReplayPoint) -> dict[str, Any]:
         data["eval_loss"] = point.eval_loss
     if point.time_s is not None:
         data["time_s"] = point.time_s
+    if point.test_loss is not None:
+        data["test_loss"] = point.test_loss
     return data
 
 
@@ -120,6 +125,7 @@ class _PointModel(BaseModel):
     loss: FiniteFloat
     eval_loss: FiniteFloat | None = None
     time_s: FiniteFloat | None = Field(default=None, ge=0)
+    test_loss: FiniteFloat | None = None
 
 
 class _RecordModel(BaseModel):
@@ -212,7 +218,8 @@ def _to_record(model: _RecordModel) -> ReplayRecord:
     return ReplayRecord(
         params=MappingProxyType(dict(model.params)),
         curve=tuple(
-            ReplayPoint(p.step, p.epoch, p.loss, p.eval_loss, p.time_s) for p in model.curve
+            ReplayPoint(p.step, p.epoch, p.loss, p.eval_loss, p.time_s, p.test_loss)
+            for p in model.curve
         ),
         duration_s=model.duration_s,
         training_tokens=model.training_tokens,
