@@ -413,6 +413,10 @@ def main() -> None:
     parser.add_argument("--leave-one-out", action="store_true",
                         help="also run the policy grid (leave_one_out.policy_candidates) and "
                              "report each set on the candidate chosen on the other sets")
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES),
+                        choices=list(CANDIDATES), metavar="NAME",
+                        help="with --leave-one-out: the policies to choose among "
+                             "(default: the whole grid)")
     parser.add_argument("--oracle-bound", action="store_true",
                         help="also print what a perfect pruner would have spent (concurrency 1)")
     args = parser.parse_args()
@@ -428,7 +432,7 @@ def main() -> None:
                   "loss the sweeps select on (optimistic)")
     methods = ["tpe", *[m for m in args.methods if m != "tpe"]]  # the ratio's base
     if args.leave_one_out:
-        methods += [m for m in CANDIDATES if m not in methods]
+        methods += [m for m in args.candidates if m not in methods]
     print(f"optuna {optuna.__version__}; {args.seeds} seeds x {args.n_trials} trials per "
           f"sweep; target: within {TARGET_GAP:.0%} of the best smoothed seed-mean curve of "
           "the space's recorded cells (fixed before any method runs)")
@@ -461,8 +465,8 @@ def main() -> None:
     if args.leave_one_out:
         results = {(method, set_name(d)): [cell_result(space, d, method, traces)
                                            for space in args.spaces]
-                   for method in CANDIDATES for d in curves}
-        print_figures(leave_one_set_out(list(CANDIDATES), [set_name(d) for d in curves],
+                   for method in args.candidates for d in curves}
+        print_figures(leave_one_set_out(args.candidates, [set_name(d) for d in curves],
                                         results))
 
 

@@ -146,3 +146,66 @@ def test_the_candidate_grid_holds_no_pruner_and_no_patience() -> None:
 
 def geomean_of(ratios: list[float]) -> float:
     return leave_one_out.geomean(ratios)
+
+
+@pytest.fixture(scope="module")
+def recorder() -> dict[str, object]:
+    import runpy
+    return runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts"
+                              / "record_curve_sets.py"), run_name="record_curve_sets")
+
+
+def test_the_new_tasks_answer_correctly(recorder: dict) -> None:
+    import random
+    generators = recorder["GENERATORS"]
+    sort = generators["sort_letters"](random.Random(0))
+    assert all(e["output"] == "".join(sorted(e["text_input"])) for e in sort)
+    vowels = generators["vowel_count"](random.Random(0))
+    assert all(int(e["output"]) == sum(c in "aeiou" for c in e["text_input"]) for e in vowels)
+    dates = generators["date_format"](random.Random(0))
+    assert all(len(e["output"]) == 10 and e["text_input"].split()[2] == e["output"][:4]
+               for e in dates)
+    assert len({e["text_input"] for e in dates}) == len(dates) == recorder["N_EXAMPLES"]
+
+
+def test_the_test_split_is_disjoint_and_the_validation_split_is_a_sweeps(
+        recorder: dict, tmp_path: Path) -> None:
+    import json
+    import random
+
+    from sweeps.dataset import load_dataset
+    path = tmp_path / "words.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in
+                            recorder["GENERATORS"]["sort_letters"](random.Random(1))))
+    train, validation, test = recorder["three_splits"](path)
+    texts = [{e.text_input for e in part} for part in (train, validation, test)]
+    assert all(texts) and not (texts[0] & texts[1] or texts[0] & texts[2]
+                               or texts[1] & texts[2])
+    assert sum(map(len, texts)) == recorder["N_EXAMPLES"]
+    # Validation is what a sweep on this file would split off, so it selects on the same.
+    sweep_validation = load_dataset(path).split(recorder["VALIDATION_SPLIT"],
+                                                recorder["SPLIT_SEED"])[1]
+    assert validation == sweep_validation
+    assert recorder["three_splits"](path) == (train, validation, test)  # deterministic
+
+
+def test_a_bad_plan_entry_is_named(recorder: dict, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text('[{"task": "sort_letters", "out": "a.json"}, '
+                    '{"task": "x", "out": "b.json", "batch": [4]}]')
+    with pytest.raises(SystemExit, match=r"plan\.json: set 1: unknown key 'batch'"):
+        recorder["read_plan"](plan)
+    plan.write_text('[{"task": "x", "out": "b.json", "model": "no/such/dir"}]')
+    with pytest.raises(SystemExit, match=r"set 0: model 'no/such/dir': no such directory; "
+                                         r"build a tiny one"):
+        recorder["read_plan"](plan)
+
+
+def test_the_shipped_plan_covers_what_the_benchmark_needs() -> None:
+    import json
+    plan = json.loads((Path(__file__).resolve().parents[2] / "scripts"
+                       / "curve_sets_plan.json").read_text())
+    assert len(plan) >= 8 and all(entry["epochs"] >= 12 for entry in plan)
+    assert len({entry["model"] for entry in plan}) == 2
+    assert len({tuple(entry["batch_sizes"]) for entry in plan}) >= 2
+    assert len({entry["out"] for entry in plan}) == len(plan)
