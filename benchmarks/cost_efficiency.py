@@ -1,8 +1,9 @@
 """Training tokens each search policy spends before it holds a near-best configuration.
 
-Replays the REAL recorded curves of ``configs/data/curves_<dataset>.json`` (made by
-``scripts/record_curve_sets.py``: local jobs on three datasets, batch size 8/16/32 x eight
-learning-rate multipliers 0.3-10, 8 epochs, each cell recorded with 3 seeds) through
+Replays REAL recorded curve sets (``--curves FILE...``, made by
+``scripts/record_curve_sets.py``; by default the three of ``configs/data/curves_<name>.json``:
+local jobs, batch size 8/16/32 x eight learning-rate multipliers 0.3-10, 8 epochs, each cell
+recorded with 3 seeds) through
 ``sweeps.run_sweep`` and the replay backend, on a simulated clock (no waiting: the clock jumps
 to the next poll), with a tracker that only keeps the outcomes. The replay serves each trial
 one seed of its cell (chosen by the trial's idempotency key), as real training varies run to
@@ -11,11 +12,15 @@ method meets the same runs (a paired comparison).
 
 Two search spaces, because the services differ:
 
+Each set's grid is read from its recordings (``curve_sets.grid_of``): the epochs searched go
+up to its recorded epochs, the multiplier spans its recorded range, batch sizes are its own.
+
 * ``vertex``: epochs and learning-rate multiplier. Vertex AI, where Gemini tuning lives, takes
-  no batch size for Gemini models (it picks its own); the recordings at batch 16 stand in.
+  no batch size for Gemini models (it picks its own); the recordings at batch 16 (else the
+  set's middle batch size) stand in.
   It does take an adapter size, which the recordings do not have: a Vertex sweep that
   searches it is a two-knob case like ``all``.
-* ``all``: epochs, batch size {8, 16, 32} and multiplier, as the local backend takes them.
+* ``all``: epochs, every recorded batch size and multiplier, as the local backend takes them.
 
 Methods, with Optuna's defaults otherwise (TPE: ``n_startup_trials=10``):
 
@@ -39,7 +44,9 @@ Methods, with Optuna's defaults otherwise (TPE: ``n_startup_trials=10``):
 
 Quality. A sweep's incumbent is its best trial by its own objective (what ``export`` picks);
 it is deployed at its plateau epoch, which never exceeds the epochs its job ran (so nothing is
-credited that would need another job). Its quality is the validation loss at that epoch:
+credited that would need another job). Its quality is the loss at that epoch on the set's
+held-out ``test_loss`` where every epoch of the recordings has one (a split no method selects
+on), else on the validation loss, with a printed note (optimistic: sweeps select on it):
 
 * ``observed``: as the job reported it (the number the user sees); the headline figure;
 * ``mean of seeds``: the mean over the cell's 3 recordings at that epoch (what the
@@ -55,9 +62,17 @@ too) in the order they finished, plus, with ``--concurrency`` above 1, what the 
 running had trained by then. A cancelled job is billed for the steps it trained, as the
 local backend that recorded the curves reports it; the runner cancels at the end of the
 epoch whose validation loss decided it, one poll (0.4 epoch here) at most later. The target
-is 2% above the best quality that any method's incumbent reached on that dataset and space
-(floors excluded); a sweep that never reaches it within ``n_trials`` counts as infinite (the
-``reached`` count says how often).
+is fixed before any method runs, from the recordings alone (``curve_sets.target_of``): 2%
+above the best value of any cell's seed-mean curve, smoothed over 3 epochs so a one-epoch dip
+cannot set it, among the cells the space can propose. A sweep that never reaches it within
+``n_trials`` counts as infinite; every ratio is printed with the share of sweeps that reached
+the target, e.g. ``0.72 (28/30)``.
+
+``--leave-one-out`` also runs the policy grid of ``leave_one_out.policy_candidates`` (behind-
+leader pruner ratio and start epoch or none, patience or none, start trials; ``--candidates``
+narrows it) and, for each set, reports the candidate chosen on the *other* sets only
+(safety first: every cell reaching the target in 90% of sweeps, then the lowest geometric
+mean), with reach rates, and the geometric mean over the held-out cells.
 
 ``--oracle-bound`` (concurrency 1) also prints, per method, what reaching the target would
 have cost with the same proposals and a perfect pruner: every trial before the one that
@@ -67,11 +82,12 @@ For scale, the same pruner with uniform random proposals at the recorded epochs,
 straight from the recordings (``random_proposals_bound``): what a search that knows nothing
 of the space would pay if its pruning were perfect.
 
-Run: ``python benchmarks/cost_efficiency.py [--seeds 30] [--n-trials 40] [--jobs 2]
-[--concurrency 1] [--oracle-bound]``. About an hour on 2 cores with the defaults (the run
-docs/cost_efficiency.md quotes); the same seeds print the same table. With ``--concurrency``
-above 1 (jobs in flight per sweep, for every method) the order in which simultaneous events
-are handled depends on thread timing, and a rerun can differ by a trial here and there.
+Run: ``python benchmarks/cost_efficiency.py [--curves FILE...] [--seeds 30] [--n-trials 40]
+[--jobs 2] [--concurrency 1] [--oracle-bound] [--leave-one-out]``. About an hour on 2 cores
+with the defaults (the run docs/cost_efficiency.md quotes); the same seeds print the same
+table. With ``--concurrency`` above 1 (jobs in flight per sweep, for every method) the order
+in which simultaneous events are handled depends on thread timing, and a rerun can differ by
+a trial here and there.
 """
 
 from __future__ import annotations
@@ -133,9 +149,10 @@ RANDOM_BOUND_SWEEPS = 400  # simulated sweeps behind random_proposals_bound's me
 EPOCH_S = 1.0  # simulated seconds per recorded epoch (the replay's time_scale is set so)
 POLL_INTERVAL_S = 0.4  # about two polls per epoch: pruners and patience see every epoch
 SPACE_NAMES = ("vertex", "all")
-# The epochs' upper end (``high`` / ``max``) is each set's recorded epochs (method_for).
-EPOCHS_SEARCHED = {"low": 1}
-FROM_CURVE = {"mode": "from_curve"}
+# The epochs' upper end (``high`` / ``max``) is replaced by each set's recorded epochs
+# (method_for); 8 is the default sets' and the shipped configs'.
+EPOCHS_SEARCHED = {"low": 1, "high": 8}
+FROM_CURVE = {"mode": "from_curve", "max": 8}
 METHODS: dict[str, dict[str, Any]] = {
     "random": {"sampler": {"kind": "random"}, "epochs": EPOCHS_SEARCHED},
     "tpe": {"epochs": EPOCHS_SEARCHED},
@@ -255,7 +272,7 @@ def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], 
     data: dict[str, Any] = {
         "name": "bench", "dataset": {"path": str(_examples_beside(dataset)),
                                      "validation_split": 0.15, "seed": 0},
-        "backend": {"kind": "replay", "curves": dataset,
+        "backend": {"kind": "replay", "curves": str(curves_path(dataset)),
                     "time_scale": _time_scale(dataset), "job_root": str(folder / "jobs")},
         "search_space": {"epochs": method["epochs"], **method["space"]},
         "sampler": {"kind": "tpe", **method.get("sampler", {}), "seed": seed},
@@ -270,9 +287,14 @@ def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], 
 def _examples_beside(curves: str) -> Path:
     """The sweep config needs a dataset; the replay serves curves whatever it holds, so the
     set's own ``<name>.jsonl`` where it lies beside the curves, else a shipped one."""
-    path = Path(curves)
+    path = curves_path(curves)
     own = path.with_name(path.stem.removeprefix("curves_") + ".jsonl")
     return own if own.is_file() else DATA_DIR / "next_number.jsonl"
+
+
+def curves_path(dataset: str) -> Path:
+    """A curves file, or the name of a shipped set (``digit_sum``)."""
+    return Path(dataset) if dataset.endswith(".json") else DATA_DIR / f"curves_{dataset}.json"
 
 
 def set_name(curves: str) -> str:
@@ -290,7 +312,7 @@ class Truth:
     run the replay served a trial and of its cell."""
 
     def __init__(self, dataset: str) -> None:
-        self.records = tuple(load_curves(dataset))
+        self.records = tuple(load_curves(curves_path(dataset)))
         self.grid = grid_of(self.records, dataset)
         self.field = quality_field(self.records)
         self.cell_mean = cell_means(self.records, self.field)
