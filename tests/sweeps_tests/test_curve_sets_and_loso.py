@@ -209,3 +209,23 @@ def test_the_shipped_plan_covers_what_the_benchmark_needs() -> None:
     assert len({entry["model"] for entry in plan}) == 2
     assert len({tuple(entry["batch_sizes"]) for entry in plan}) >= 2
     assert len({entry["out"] for entry in plan}) == len(plan)
+
+
+def test_plateau_regret_is_the_loss_given_up_and_its_choice_never_sees_the_held_out_set(
+        ) -> None:
+    import runpy
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[2] / "benchmarks"
+                               / "plateau_regret.py"), run_name="plateau_regret")
+    run = record(8, 1.0, [2.0, 1.2, 1.0, 0.9, 0.88, 0.87], tests=[2.1, 1.3, 1.1, 1.0, 1.0, 0.9])
+    assert bench["regret"](run, 4, "eval_loss") == pytest.approx(0.03)
+    assert bench["regret"](run, 6, "test_loss") == pytest.approx(0.0)
+    assert bench["regret"](record(8, 1.0, [1.0, 0.9]), 2, "test_loss") is None
+    # The shipped rule stops where the curve is within 3% of its range: an earlier epoch
+    # than the smoothed minimum, and so a positive regret.
+    shipped = bench["plateau_rule"]()(*bench["curves_of"](run))
+    near_minimum = bench["plateau_rule"](1e-9)(*bench["curves_of"](run))
+    assert shipped <= near_minimum
+    # The held-out set's own curves do not move its choice.
+    sets = {"a": [run], "b": [run], "c": [record(8, 1.0, [2.0, 1.0, 1.5, 1.5, 1.5, 1.5])]}
+    chosen = bench["choose_tolerance"](sets, "c")
+    assert chosen == bench["choose_tolerance"]({**sets, "c": [run]}, "c")
