@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import runpy
 import signal
 import statistics
 import subprocess
@@ -318,27 +319,6 @@ def test_lora_on_a_tiny_hugging_face_model(tmp_path: Path) -> None:
 
 def _save_tiny_hf_model(folder: Path) -> Path:
     """A randomly initialised one-layer Llama and a byte-level tokenizer, built offline."""
-    import torch
-    from tokenizers import Tokenizer
-    from tokenizers import decoders
-    from tokenizers import models
-    from tokenizers import pre_tokenizers
-    from transformers import LlamaConfig
-    from transformers import LlamaForCausalLM
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<bos>", "<eos>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
-    ).save_pretrained(folder)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )).save_pretrained(folder)
-    return folder
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_tiny_hf_model.py"
+    save = runpy.run_path(str(script), run_name="make_tiny_hf_model")["save_tiny_hf_model"]
+    return save(folder, hidden=32, layers=1, heads=2)
