@@ -224,9 +224,6 @@ class Trace:
                                                     strict=True) if q[quality] <= target),
                     math.inf)
 
-    def best(self, quality: int) -> float:
-        return min((q[quality] for _, q in self.points), default=math.inf)
-
 
 class RecordingTracker(NullTracker):
     """Keeps every finished trial in the order it finished, with when (on the simulated

@@ -229,3 +229,31 @@ def test_plateau_regret_is_the_loss_given_up_and_its_choice_never_sees_the_held_
     sets = {"a": [run], "b": [run], "c": [record(8, 1.0, [2.0, 1.0, 1.5, 1.5, 1.5, 1.5])]}
     chosen = bench["choose_tolerance"](sets, "c")
     assert chosen == bench["choose_tolerance"]({**sets, "c": [run]}, "c")
+
+
+def test_every_candidate_is_a_valid_sweep_on_a_sets_own_grid_and_is_judged_on_test_loss(
+        tmp_path: Path) -> None:
+    import runpy
+    curves = tmp_path / "curves_toy.json"
+    write_curves_file([record(b, m, [2.0, 1.5 / m, 1.2 / m, 1.1 / m, 1.1 / m], seed=s,
+                              tests=[2.1, 1.6 / m, 1.3 / m, 1.2 / m, 1.25 / m])
+                       for b in (8, 32) for m in (1.0, 2.0) for s in (0, 1)], curves)
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[2] / "benchmarks"
+                               / "cost_efficiency.py"), run_name="cost_efficiency")
+    for name in bench["CANDIDATES"]:
+        config = bench["make_config"](tmp_path, str(curves), "all",
+                                      bench["ALL_METHODS"][name], seed=0, n_trials=3)
+        assert config.search_space.epochs.max == 5  # the set's recorded epochs, not 8
+    vertex = bench["make_config"](tmp_path, str(curves), "vertex", bench["METHODS"]["tpe"],
+                                  seed=0, n_trials=3)
+    assert vertex.search_space.epochs.high == 5
+    truth = bench["_truth"](str(curves))
+    assert truth.field == "test_loss"
+    assert truth.target("all") == pytest.approx(1.02 * min(
+        curve_sets.smoothed({1: 2.1, 2: 0.8, 3: 0.65, 4: 0.6, 5: 0.625}).values()))
+    # A real replayed sweep: its incumbent is scored on the served run's test loss.
+    (space, dataset, method), trace = bench["run_one"](
+        ("all", str(curves), "policy", 0, 3, 1))
+    assert (space, method) == ("all", "policy") and len(trace.points) == 3
+    test_values = {round(p.test_loss, 5) for r in load_curves(curves) for p in r.curve}
+    assert {q[0] for _, q in trace.points} <= test_values | {math.inf}
