@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def mean_regret(records: Sequence[ReplayRecord], rule: Rule, field: str) -> floa
     return statistics.fmean(kept) if kept else None
 
 
-def choose_tolerance(sets: dict[str, Sequence[ReplayRecord]], held_out: str) -> float:
+def choose_tolerance(sets: Mapping[str, Sequence[ReplayRecord]], held_out: str) -> float:
     """The tolerance with the lowest mean validation regret over every set but ``held_out``."""
     others = [r for name, records in sets.items() if name != held_out for r in records]
     return min(TOLERANCES,
