@@ -479,8 +479,9 @@ def main() -> None:
     # that is not reached makes it infinite (a policy that misses is not cheap).
     print("\ngeometric mean of the ratios to tpe over every cell printed above "
           "(floors: their spaces only):")
-    for method, cells in ratios.items():
-        print(f"  {method}: {_fmt_ratio(_geomean(cells))} over {len(cells)} cells")
+    for method, method_ratios in ratios.items():
+        print(f"  {method}: {_fmt_ratio(_geomean(method_ratios))} over "
+              f"{len(method_ratios)} cells")
     if args.leave_one_out:
         results = {(method, set_name(d)): [cell_result(space, d, method, traces)
                                            for space in args.spaces]
