@@ -35,10 +35,10 @@ from gemini_backend import JobRequest
 from gemini_backend import JobState
 from gemini_backend.local import LocalBackend
 from gemini_backend.local import LocalBackendConfig
-from gemini_backend.replay import ReplayPoint
-from gemini_backend.replay import ReplayRecord
-from gemini_backend.replay import write_curves_file
-from sweeps.dataset import load_dataset
+from gemini_backend.replay.backend import ReplayPoint
+from gemini_backend.replay.backend import ReplayRecord
+from gemini_backend.replay.backend import write_curves_file
+from sweeps.data.dataset import load_dataset
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "configs" / "data"
 EPOCHS = 8

@@ -42,7 +42,7 @@ ATTR_RECOMMENDED_EPOCHS = "recommended_epochs"
 ATTR_LOSS_AT_PLATEAU = "loss_at_plateau"
 ATTR_FLAGS = "flags"
 ATTR_COST = "cost"
-#: A from_curve job cancelled ``patience`` epochs past its best (sweeps.fidelity): its epoch.
+#: A from_curve job cancelled ``patience`` epochs past its best (policy.fidelity): its epoch.
 ATTR_STOPPED_AFTER = "stopped_after_epoch"
 #: Checkpoints the service kept ``[{"checkpoint_id", "epoch", "step"}]`` (Vertex, local).
 ATTR_CHECKPOINTS = "checkpoints"
@@ -185,7 +185,7 @@ class TrialOutcome:
     fail_reason: str | None = None
     checkpoints: tuple[Checkpoint, ...] = ()
     stopped_after_epoch: int | None = None  # from_curve patience cancelled the job here
-    # Held-out evaluation (sweeps._eval_run): mean score by metric key, e.g. eval_chrf.
+    # Held-out evaluation (sweeps.evaluation.runner): mean score by metric key, e.g. eval_chrf.
     eval_scores: dict[str, float] = field(default_factory=dict)
     eval_rows: tuple[EvalRow, ...] = ()
     eval_tokens: int = 0

@@ -7,7 +7,7 @@ scope. Dependencies (requests, google-auth) are core dependencies of the package
 
 The service has had no tunable base model since May 2025; :meth:`GeminiApiBackend.preflight`
 says so before any trial and points to the Vertex backend. Wire details live in
-:mod:`gemini_backend._gemini_wire` (``tuned_model_body`` builds the exact create body).
+:mod:`gemini_backend.gemini_api._wire` (``tuned_model_body`` builds the exact create body).
 """
 
 from __future__ import annotations
@@ -29,22 +29,6 @@ from pydantic import SecretStr
 from pydantic import field_validator
 from pydantic import model_validator
 
-from gemini_backend._gemini_wire import candidate_text
-from gemini_backend._gemini_wire import check_examples
-from gemini_backend._gemini_wire import check_size
-from gemini_backend._gemini_wire import encode_body
-from gemini_backend._gemini_wire import model_name
-from gemini_backend._gemini_wire import parse_status
-from gemini_backend._gemini_wire import tuned_model_body
-from gemini_backend._gemini_wire import tuned_model_id
-from gemini_backend._google_auth import CLOUD_PLATFORM_SCOPE
-from gemini_backend._google_auth import TUNING_SCOPE
-from gemini_backend._google_auth import AuthenticatedSession
-from gemini_backend._google_auth import api_key_from_env
-from gemini_backend._google_auth import api_key_session
-from gemini_backend._google_auth import oauth_session
-from gemini_backend._http import RestClient
-from gemini_backend._retry import Backoff
 from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
 from gemini_backend.base import Capabilities
@@ -57,7 +41,23 @@ from gemini_backend.errors import AuthError
 from gemini_backend.errors import BackendError
 from gemini_backend.errors import InvalidRequestError
 from gemini_backend.errors import JobNotFound
+from gemini_backend.gemini_api._wire import candidate_text
+from gemini_backend.gemini_api._wire import check_examples
+from gemini_backend.gemini_api._wire import check_size
+from gemini_backend.gemini_api._wire import encode_body
+from gemini_backend.gemini_api._wire import model_name
+from gemini_backend.gemini_api._wire import parse_status
+from gemini_backend.gemini_api._wire import tuned_model_body
+from gemini_backend.gemini_api._wire import tuned_model_id
 from gemini_backend.limits import limits_for
+from gemini_backend.transport.google_auth import CLOUD_PLATFORM_SCOPE
+from gemini_backend.transport.google_auth import TUNING_SCOPE
+from gemini_backend.transport.google_auth import AuthenticatedSession
+from gemini_backend.transport.google_auth import api_key_from_env
+from gemini_backend.transport.google_auth import api_key_session
+from gemini_backend.transport.google_auth import oauth_session
+from gemini_backend.transport.http import RestClient
+from gemini_backend.transport.retry import Backoff
 
 logger = logging.getLogger(__name__)
 

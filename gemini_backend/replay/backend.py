@@ -13,7 +13,7 @@ progress. No network, no credentials, no extra dependencies. Config::
 
     backend: {kind: replay, curves: data/replay_demo_curves.json, time_scale: 1.0}
 
-The curves file format is described in :mod:`gemini_backend._replay_curves`.
+The curves file format is described in :mod:`gemini_backend.replay._curves`.
 """
 
 from __future__ import annotations
@@ -32,14 +32,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from gemini_backend._replay_curves import ReplayPoint
-from gemini_backend._replay_curves import ReplayRecord
-from gemini_backend._replay_curves import load_curves
-from gemini_backend._replay_curves import write_curves_file
-from gemini_backend._replay_jobs import ReplayJob
-from gemini_backend._replay_jobs import ReplayJobStore
-from gemini_backend._replay_jobs import job_id_for
-from gemini_backend._replay_jobs import read_submission_log
 from gemini_backend.base import CANONICAL_KNOBS
 from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
@@ -52,6 +44,14 @@ from gemini_backend.base import LossSnapshot
 from gemini_backend.base import check_request
 from gemini_backend.errors import InvalidRequestError
 from gemini_backend.errors import JobNotFound
+from gemini_backend.replay._curves import ReplayPoint
+from gemini_backend.replay._curves import ReplayRecord
+from gemini_backend.replay._curves import load_curves
+from gemini_backend.replay._curves import write_curves_file
+from gemini_backend.replay._jobs import ReplayJob
+from gemini_backend.replay._jobs import ReplayJobStore
+from gemini_backend.replay._jobs import job_id_for
+from gemini_backend.replay._jobs import read_submission_log
 
 logger = logging.getLogger(__name__)
 

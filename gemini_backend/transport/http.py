@@ -21,15 +21,15 @@ from typing import Any
 import google.auth.exceptions
 import requests
 
-from gemini_backend._retry import RETRYABLE_STATUS_CODES
-from gemini_backend._retry import Backoff
-from gemini_backend._retry import retry_call
 from gemini_backend.errors import AuthError
 from gemini_backend.errors import BackendError
 from gemini_backend.errors import InvalidRequestError
 from gemini_backend.errors import JobNotFound
 from gemini_backend.errors import QuotaError
 from gemini_backend.errors import TransientError
+from gemini_backend.transport.retry import RETRYABLE_STATUS_CODES
+from gemini_backend.transport.retry import Backoff
+from gemini_backend.transport.retry import retry_call
 
 logger = logging.getLogger(__name__)
 

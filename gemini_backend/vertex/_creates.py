@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gemini_backend._gcs import GcsUploader
-from gemini_backend._vertex_wire import label_value
+from gemini_backend.vertex._gcs import GcsUploader
+from gemini_backend.vertex._wire import label_value
 
 #: List checks of an unproven create, as fractions of the time until it is proven absent
 #: (a lagging list usually catches up early; the last check proves absence).

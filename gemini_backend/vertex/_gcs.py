@@ -15,10 +15,10 @@ import logging
 import threading
 from urllib.parse import quote
 
-from gemini_backend._http import RestClient
 from gemini_backend.errors import BackendError
 from gemini_backend.errors import JobNotFound
 from gemini_backend.errors import TransientError
+from gemini_backend.transport.http import RestClient
 
 logger = logging.getLogger(__name__)
 

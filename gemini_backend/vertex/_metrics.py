@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gemini_backend._http import RestClient
-from gemini_backend._vertex_wire import CheckpointPayload
-from gemini_backend._vertex_wire import parse_int64
 from gemini_backend.base import LossSnapshot
 from gemini_backend.errors import JobNotFound
+from gemini_backend.transport.http import RestClient
+from gemini_backend.vertex._wire import CheckpointPayload
+from gemini_backend.vertex._wire import parse_int64
 
 logger = logging.getLogger(__name__)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from gemini_backend._vertex_metrics import Curve
-from gemini_backend._vertex_metrics import EpochMap
-from gemini_backend._vertex_metrics import Points
-from gemini_backend._vertex_wire import TuningJobPayload
-from gemini_backend._vertex_wire import parse_int64
 from gemini_backend.base import Checkpoint
 from gemini_backend.base import JobState
 from gemini_backend.base import JobStatus
+from gemini_backend.vertex._metrics import Curve
+from gemini_backend.vertex._metrics import EpochMap
+from gemini_backend.vertex._metrics import Points
+from gemini_backend.vertex._wire import TuningJobPayload
+from gemini_backend.vertex._wire import parse_int64
 
 
 def job_status(job: TuningJobPayload, state: JobState, curve: Curve) -> JobStatus:

@@ -13,15 +13,15 @@ from typing import Any
 
 import requests
 
-from gemini_backend._gcs import DEFAULT_STORAGE_URL
-from gemini_backend._gcs import GcsUploader
-from gemini_backend._http import RestClient
-from gemini_backend._retry import Backoff
-from gemini_backend._vertex_creates import CreateLedger
-from gemini_backend._vertex_metrics import TensorboardCurveReader
+from gemini_backend.transport.http import RestClient
+from gemini_backend.transport.retry import Backoff
+from gemini_backend.vertex._creates import CreateLedger
+from gemini_backend.vertex._gcs import DEFAULT_STORAGE_URL
+from gemini_backend.vertex._gcs import GcsUploader
+from gemini_backend.vertex._metrics import TensorboardCurveReader
 
 if TYPE_CHECKING:
-    from gemini_backend.vertex import VertexBackendConfig
+    from gemini_backend.vertex.backend import VertexBackendConfig
 
 MULTI_REGION_HOSTS = {"us": "https://aiplatform.us.rep.googleapis.com",
                       "eu": "https://aiplatform.eu.rep.googleapis.com"}

@@ -4,8 +4,8 @@ Service: Vertex AI (Gemini Enterprise Agent Platform) ``v1/projects/{p}/location
 tuningJobs`` on ``https://{location}-aiplatform.googleapis.com`` (``global`` ->
 ``https://aiplatform.googleapis.com``), as described in reference/tuning_api.md section 2 and
 https://cloud.google.com/vertex-ai/generative-ai/docs/models/gemini-use-supervised-tuning.
-Datasets are JSONL files uploaded to a Cloud Storage bucket (:mod:`gemini_backend._gcs`);
-the loss curve is read from the job's TensorBoard (:mod:`gemini_backend._vertex_metrics`).
+Datasets are JSONL files uploaded to a Cloud Storage bucket (:mod:`gemini_backend.vertex._gcs`);
+the loss curve is read from the job's TensorBoard (:mod:`gemini_backend.vertex._metrics`).
 
 Auth: google-auth OAuth with the ``cloud-platform`` scope (application default credentials or
 a service-account key file), sent by an ``AuthorizedSession``; google-auth adds
@@ -14,7 +14,7 @@ a service-account key file), sent by an ``AuthorizedSession``; google-auth adds
 
 Exactly once: ``tuningJobs.create`` takes no request id, so every job carries its idempotency
 key as a label and ``submit`` looks the key up first. Every POST is written down before it
-is sent (:mod:`gemini_backend._vertex_creates`), and a create whose outcome is unknown is not
+is sent (:mod:`gemini_backend.vertex._creates`), and a create whose outcome is unknown is not
 sent again until the job has stayed absent from the (possibly lagging) list for
 ``list_lag_window_s``.
 """
@@ -39,35 +39,6 @@ from pydantic import ValidationError
 from pydantic import field_validator
 from pydantic import model_validator
 
-from gemini_backend._gcs import RESUMABLE_THRESHOLD_BYTES
-from gemini_backend._gcs import object_name
-from gemini_backend._google_auth import CLOUD_PLATFORM_SCOPE
-from gemini_backend._google_auth import oauth_session
-from gemini_backend._retry import Backoff
-from gemini_backend._vertex_creates import CreateAttempt
-from gemini_backend._vertex_creates import next_check_delay
-from gemini_backend._vertex_creates import settle_time
-from gemini_backend._vertex_metrics import Curve
-from gemini_backend._vertex_metrics import list_all
-from gemini_backend._vertex_status import job_status
-from gemini_backend._vertex_status import missing_curve_message
-from gemini_backend._vertex_wire import DEFAULT_BASE_MODEL
-from gemini_backend._vertex_wire import KEY_LABEL
-from gemini_backend._vertex_wire import REMOTE_STATES
-from gemini_backend._vertex_wire import TuningJobPayload
-from gemini_backend._vertex_wire import batch_size_message
-from gemini_backend._vertex_wire import dataset_files
-from gemini_backend._vertex_wire import examples_to_jsonl
-from gemini_backend._vertex_wire import generate_body
-from gemini_backend._vertex_wire import is_gemini_model
-from gemini_backend._vertex_wire import job_labels
-from gemini_backend._vertex_wire import label_value
-from gemini_backend._vertex_wire import map_state
-from gemini_backend._vertex_wire import reply_text
-from gemini_backend._vertex_wire import tuning_job_body
-from gemini_backend._vertex_wiring import Wiring
-from gemini_backend._vertex_wiring import build_wiring
-from gemini_backend._vertex_wiring import vertex_base_url
 from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
 from gemini_backend.base import Capabilities
@@ -84,6 +55,35 @@ from gemini_backend.errors import InvalidRequestError
 from gemini_backend.errors import QuotaError
 from gemini_backend.errors import TransientError
 from gemini_backend.limits import limits_for
+from gemini_backend.transport.google_auth import CLOUD_PLATFORM_SCOPE
+from gemini_backend.transport.google_auth import oauth_session
+from gemini_backend.transport.retry import Backoff
+from gemini_backend.vertex._creates import CreateAttempt
+from gemini_backend.vertex._creates import next_check_delay
+from gemini_backend.vertex._creates import settle_time
+from gemini_backend.vertex._gcs import RESUMABLE_THRESHOLD_BYTES
+from gemini_backend.vertex._gcs import object_name
+from gemini_backend.vertex._metrics import Curve
+from gemini_backend.vertex._metrics import list_all
+from gemini_backend.vertex._status import job_status
+from gemini_backend.vertex._status import missing_curve_message
+from gemini_backend.vertex._wire import DEFAULT_BASE_MODEL
+from gemini_backend.vertex._wire import KEY_LABEL
+from gemini_backend.vertex._wire import REMOTE_STATES
+from gemini_backend.vertex._wire import TuningJobPayload
+from gemini_backend.vertex._wire import batch_size_message
+from gemini_backend.vertex._wire import dataset_files
+from gemini_backend.vertex._wire import examples_to_jsonl
+from gemini_backend.vertex._wire import generate_body
+from gemini_backend.vertex._wire import is_gemini_model
+from gemini_backend.vertex._wire import job_labels
+from gemini_backend.vertex._wire import label_value
+from gemini_backend.vertex._wire import map_state
+from gemini_backend.vertex._wire import reply_text
+from gemini_backend.vertex._wire import tuning_job_body
+from gemini_backend.vertex._wiring import Wiring
+from gemini_backend.vertex._wiring import build_wiring
+from gemini_backend.vertex._wiring import vertex_base_url
 
 logger = logging.getLogger(__name__)
 

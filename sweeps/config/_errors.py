@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sweeps._yaml_lines import LineMap
+from sweeps.config._yaml_lines import LineMap
 
 #: Labels pydantic gives plain-type union branches (``int | float | str``).
 TYPE_LABELS = frozenset({"int", "float", "str", "bool", "none"})

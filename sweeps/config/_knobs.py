@@ -1,6 +1,6 @@
 """The ``search_space`` part of the sweep config: knob shapes and the search space model.
 
-Split from :mod:`sweeps.config` (which re-exports every name here) to keep modules small.
+Split from :mod:`sweeps.config.schema` (which re-exports every name here) to keep modules small.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from pydantic import model_validator
 from pydantic_core import PydanticCustomError
 
 from gemini_backend import CANONICAL_KNOBS
-from sweeps._config_numbers import MAX_BATCH_SIZE
-from sweeps._config_numbers import MAX_EPOCHS
-from sweeps._config_numbers import multiplier_problems
-from sweeps._config_numbers import number_problems
-from sweeps._config_numbers import raise_problems
-from sweeps._config_numbers import whole_number_problems
+from sweeps.config._numbers import MAX_BATCH_SIZE
+from sweeps.config._numbers import MAX_EPOCHS
+from sweeps.config._numbers import multiplier_problems
+from sweeps.config._numbers import number_problems
+from sweeps.config._numbers import raise_problems
+from sweeps.config._numbers import whole_number_problems
 
 STRICT = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True,
                     allow_inf_nan=False)
@@ -110,7 +110,7 @@ KNOB_TAGS = (_FIXED, _CHOICES, _RANGE, _FROM_CURVE)
 
 class FromCurve(Strict):
     """``epochs: {mode: from_curve, max: 8}``: every trial runs ``max`` epochs and its epoch is
-    chosen afterwards from its curve (the plateau epoch); see :mod:`sweeps.fidelity`."""
+    chosen afterwards from its curve (the plateau epoch); see :mod:`sweeps.policy.fidelity`."""
 
     mode: Literal["from_curve"]
     max: int = Field(ge=1, description="the epochs every trial runs")

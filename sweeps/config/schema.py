@@ -23,29 +23,29 @@ from pydantic import model_validator
 from gemini_backend import BackendConfig
 from gemini_backend import BackendError
 from gemini_backend import config_model
-from sweeps._config_errors import format_problems
-from sweeps._config_knobs import KNOB_TAGS
-from sweeps._config_knobs import Choices
-from sweeps._config_knobs import Fixed
-from sweeps._config_knobs import FloatRange
-from sweeps._config_knobs import FromCurve
-from sweeps._config_knobs import IntRange
-from sweeps._config_knobs import KnobSpec
-from sweeps._config_knobs import SearchSpace
-from sweeps._config_knobs import Strict
-from sweeps._config_numbers import BACKEND_FIELD_RANGES
-from sweeps._config_numbers import DEFAULT_MAX_CONCURRENCY
-from sweeps._config_numbers import MAX_EPOCHS
-from sweeps._config_numbers import MAX_POLL_INTERVAL_S
-from sweeps._config_numbers import MAX_TOKENS
-from sweeps._config_numbers import MAX_TRIALS
-from sweeps._config_numbers import MIN_POLL_INTERVAL_S
-from sweeps._config_numbers import max_concurrency
-from sweeps._config_numbers import number_problems
-from sweeps._config_numbers import problem
-from sweeps._config_numbers import raise_problems
-from sweeps._yaml_lines import LineMap
-from sweeps._yaml_lines import load_yaml_with_lines
+from sweeps.config._errors import format_problems
+from sweeps.config._knobs import KNOB_TAGS
+from sweeps.config._knobs import Choices
+from sweeps.config._knobs import Fixed
+from sweeps.config._knobs import FloatRange
+from sweeps.config._knobs import FromCurve
+from sweeps.config._knobs import IntRange
+from sweeps.config._knobs import KnobSpec
+from sweeps.config._knobs import SearchSpace
+from sweeps.config._knobs import Strict
+from sweeps.config._numbers import BACKEND_FIELD_RANGES
+from sweeps.config._numbers import DEFAULT_MAX_CONCURRENCY
+from sweeps.config._numbers import MAX_EPOCHS
+from sweeps.config._numbers import MAX_POLL_INTERVAL_S
+from sweeps.config._numbers import MAX_TOKENS
+from sweeps.config._numbers import MAX_TRIALS
+from sweeps.config._numbers import MIN_POLL_INTERVAL_S
+from sweeps.config._numbers import max_concurrency
+from sweeps.config._numbers import number_problems
+from sweeps.config._numbers import problem
+from sweeps.config._numbers import raise_problems
+from sweeps.config._yaml_lines import LineMap
+from sweeps.config._yaml_lines import load_yaml_with_lines
 from sweeps.errors import ConfigError
 
 STATE_DIR_NAME = ".gemini_sweep"
@@ -109,7 +109,7 @@ class SuccessiveHalvingPrunerConfig(Strict):
 
 class LeaderGapPrunerConfig(Strict):
     """Cancel a job whose loss at an epoch is more than ``ratio`` x the lowest loss any other
-    trial had at that epoch (:class:`sweeps.pruners.LeaderGapPruner`); never before
+    trial had at that epoch (:class:`sweeps.policy.pruners.LeaderGapPruner`); never before
     ``min_epochs``. Unlike rank-based rules it keeps configurations that learn late."""
 
     kind: Literal["behind_leader"]
@@ -130,7 +130,7 @@ PrunerConfig = Annotated[
 
 
 class PlateauConfig(Strict):
-    """Options of :func:`sweeps.plateau.find_plateau` (reference/plateau.md section 1.10)."""
+    """Options of :func:`sweeps.plateau.analysis.find_plateau` (reference/plateau.md 1.10)."""
 
     smoothing: float = Field(default=0.3, ge=0.0, lt=1.0, description="EMA weight per epoch")
     tolerance: float = Field(default=0.03, gt=0.0, lt=1.0,
@@ -389,7 +389,7 @@ def format_validation_error(error: ValidationError, path: Path, lines: LineMap) 
 _UNION_LABELS = frozenset({*KNOB_TAGS, *PRUNER_KINDS})
 
 
-#: The knob shapes live in :mod:`sweeps._config_knobs`; they are part of this module's API.
+#: The knob shapes live in :mod:`sweeps.config._knobs`; they are part of this module's API.
 __all__ = [
     "BUILTIN_METRICS",
     "LOSS_OBJECTIVES",

@@ -1,7 +1,7 @@
 """The rules a tuning dataset must keep (errors) and should keep (warnings).
 
 Each check returns message lines that start with the location of the problem (see
-:mod:`sweeps._dataset_formats`) and name the field, so a user can go straight to it. Limits
+:mod:`sweeps.data._formats`) and name the field, so a user can go straight to it. Limits
 come from :mod:`gemini_backend.limits` as data, never as per-backend ifs here.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 from gemini_backend import DatasetLimits
 from gemini_backend import Example
-from sweeps._dataset_formats import FIELDS
-from sweeps._dataset_formats import RawRecord
-from sweeps._dataset_formats import json_type
+from sweeps.data._formats import FIELDS
+from sweeps.data._formats import RawRecord
+from sweeps.data._formats import json_type
 
 #: Per-example warnings of one kind beyond this many are summarised in one line.
 MAX_WARNINGS_PER_KIND = 20

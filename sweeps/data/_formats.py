@@ -2,7 +2,7 @@
 
 A reader turns a file into raw records, each tagged with where it came from, and collects
 the problems that stop a record from being read at all (invalid UTF-8, invalid JSON, a CSV
-without the right header). Field rules live in :mod:`sweeps.dataset`.
+without the right header). Field rules live in :mod:`sweeps.data.dataset`.
 
 Locations, as every message shows them:
 

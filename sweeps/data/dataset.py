@@ -26,8 +26,8 @@ from gemini_backend import JobRequest
 from gemini_backend import config_model
 from gemini_backend import create_backend
 from gemini_backend import limits_for
-from sweeps import _dataset_checks as checks
-from sweeps._dataset_formats import read_records
+from sweeps.data import _checks as checks
+from sweeps.data._formats import read_records
 from sweeps.errors import DatasetError
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Any
 
 import optuna
 
-from sweeps import _trial_state as ts
-from sweeps._outcome import PreparedData
+from sweeps import trial_record as ts
+from sweeps.engine._outcome import PreparedData
 from sweeps.errors import DatasetError
 
 STUDY_ATTR_DATASET = "gemini_sweep.dataset"

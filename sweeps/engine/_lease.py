@@ -12,7 +12,7 @@ its lease is free:
 - its worker is this very worker (a trial it gave up recording earlier).
 
 Timing. Every read-decide-write step (ask within ``n_trials`` and ``study_concurrency``,
-claim, renew) runs under :class:`~sweeps._study_lock.StudyLock`, so it is a compare-and-set:
+claim, renew) runs under :class:`~sweeps.engine._study_lock.StudyLock`, so it is a compare-and-set:
 two workers can never both claim one trial, and a worker that renews sees at once that its
 trial was taken. Heartbeats and their ages are read on the lock's clock (the PostgreSQL
 server's), so skew between machines does not count. A live worker misses its lease only if
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import optuna
 
-from sweeps import _trial_state as ts
-from sweeps._study_lock import StudyLock
+from sweeps import trial_record as ts
+from sweeps.engine._study_lock import StudyLock
 
 logger = logging.getLogger(__name__)
 

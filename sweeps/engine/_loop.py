@@ -29,25 +29,25 @@ from gemini_backend import JobState
 from gemini_backend import JobStatus
 from gemini_backend import TransientError
 from gemini_backend import retry_call
-from sweeps import _trial_state as ts
+from sweeps import trial_record as ts
 from sweeps._crashpoints import crash_point
-from sweeps._eval_run import EvaluationRunner
-from sweeps._eval_run import Evaluator
-from sweeps._lease import StudyLeases
-from sweeps._outcome import PreparedData
-from sweeps._outcome import build_request
-from sweeps._outcome import failed_outcome
-from sweeps._outcome import outcome_of
-from sweeps._record_retries import RecordRetries
-from sweeps._sweep_state import SweepState
-from sweeps._trial_state import InFlight
-from sweeps._trial_state import TrialOutcome
-from sweeps.config import SweepConfig
+from sweeps.config.schema import SweepConfig
+from sweeps.engine._lease import StudyLeases
+from sweeps.engine._outcome import PreparedData
+from sweeps.engine._outcome import build_request
+from sweeps.engine._outcome import failed_outcome
+from sweeps.engine._outcome import outcome_of
+from sweeps.engine._record_retries import RecordRetries
+from sweeps.engine._state import SweepState
 from sweeps.errors import ServiceUnavailable
-from sweeps.fidelity import curve_patience
-from sweeps.fidelity import plateau_passed
-from sweeps.plateau import ended_epoch_losses
-from sweeps.tracking import Tracker
+from sweeps.evaluation.runner import EvaluationRunner
+from sweeps.evaluation.runner import Evaluator
+from sweeps.plateau.analysis import ended_epoch_losses
+from sweeps.policy.fidelity import curve_patience
+from sweeps.policy.fidelity import plateau_passed
+from sweeps.tracking.tracker import Tracker
+from sweeps.trial_record import InFlight
+from sweeps.trial_record import TrialOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ _POLL_OUTAGE_S = 1800.0
 
 @dataclass(frozen=True, slots=True)
 class SweepContext:
-    """What the loop works with; built once by :func:`sweeps.runner.run_sweep`."""
+    """What the loop works with; built once by :func:`sweeps.engine.runner.run_sweep`."""
 
     config: SweepConfig
     study: optuna.Study

@@ -18,15 +18,15 @@ from gemini_backend import CANONICAL_KNOBS
 from gemini_backend import Example
 from gemini_backend import JobRequest
 from gemini_backend import JobState
-from sweeps import budget
-from sweeps._trial_state import InFlight
-from sweeps._trial_state import TrialOutcome
-from sweeps.config import LOSS_OBJECTIVES
-from sweeps.config import SweepConfig
-from sweeps.fidelity import is_from_curve
-from sweeps.plateau import epoch_means
-from sweeps.plateau import find_plateau
-from sweeps.plateau import objective_value
+from sweeps.config.schema import LOSS_OBJECTIVES
+from sweeps.config.schema import SweepConfig
+from sweeps.engine import budget
+from sweeps.plateau.analysis import epoch_means
+from sweeps.plateau.analysis import find_plateau
+from sweeps.plateau.analysis import objective_value
+from sweeps.policy.fidelity import is_from_curve
+from sweeps.trial_record import InFlight
+from sweeps.trial_record import TrialOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
     quality = config.objectives[0]
     try:
         plateau = find_plateau(train, evaluation, **config.plateau.model_dump())
-        # eval_* objectives get their value from the held-out evaluation (sweeps._eval_run).
+        # eval_* objectives get their value from held-out evaluation (sweeps.evaluation.runner).
         value = (objective_value(quality, train, evaluation, plateau)
                  if quality in LOSS_OBJECTIVES else None)
     except ValueError as exc:

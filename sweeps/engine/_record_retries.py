@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sweeps._trial_state import TrialOutcome
+from sweeps.trial_record import TrialOutcome
 
 FIRST_DELAY_S = 5.0
 MAX_DELAY_S = 120.0

@@ -15,24 +15,24 @@ from typing import Any
 
 import optuna
 
-from sweeps import _trial_state as ts
-from sweeps import budget
-from sweeps._eval_run import objective_values
-from sweeps._trial_state import InFlight
-from sweeps._trial_state import TrialOutcome
-from sweeps.config import SweepConfig
-from sweeps.fidelity import ATTR_EPOCHS_MODE
-from sweeps.fidelity import FROM_CURVE
-from sweeps.fidelity import is_from_curve
-from sweeps.results import TrialRecord
-from sweeps.results import pick_best
-from sweeps.results import trial_record
-from sweeps.search_space import grid_size
-from sweeps.search_space import min_epochs
-from sweeps.search_space import suggest_knobs
+from sweeps import trial_record as ts
+from sweeps.config.schema import SweepConfig
+from sweeps.engine import budget
+from sweeps.evaluation.runner import objective_values
+from sweeps.policy.fidelity import ATTR_EPOCHS_MODE
+from sweeps.policy.fidelity import FROM_CURVE
+from sweeps.policy.fidelity import is_from_curve
+from sweeps.policy.search_space import grid_size
+from sweeps.policy.search_space import min_epochs
+from sweeps.policy.search_space import suggest_knobs
+from sweeps.results.sweep_results import TrialRecord
+from sweeps.results.sweep_results import pick_best
+from sweeps.results.sweep_results import trial_record
+from sweeps.trial_record import InFlight
+from sweeps.trial_record import TrialOutcome
 
 if TYPE_CHECKING:
-    from sweeps._sweep_loop import SweepContext
+    from sweeps.engine._loop import SweepContext
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class SweepState:
         self.is_failed = False
         self._no_more_trials = False
         self._ahead: deque[InFlight] = deque()
-        # One rule with status and export (sweeps.results.pick_best).
+        # One rule with status and export (sweeps.results.sweep_results.pick_best).
         self._maximize = config.directions[0] == "maximize"
         self.best: TrialRecord | None = pick_best(
             (trial_record(t) for t in finished if t.state is TrialState.COMPLETE),
@@ -213,7 +213,7 @@ class SweepState:
         self._trials.pop(number, None)
 
     def adopt_running_trials(self, ctx: SweepContext, now_s: float) -> int:
-        """Take over the RUNNING trials no live worker holds (see :mod:`sweeps._lease`)."""
+        """Take over the RUNNING trials no live worker holds (see :mod:`sweeps.engine._lease`)."""
         running = ctx.leases.claim_orphans(self.held_numbers())
         for frozen in running:
             self.unrecorded.discard(frozen.number)  # adopted again: recorded when it ends

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sweeps.config import BudgetConfig
+from sweeps.config.schema import BudgetConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,41 +29,41 @@ import sqlalchemy
 
 from gemini_backend import BaseBackend
 from gemini_backend import create_backend
-from sweeps import _trial_state as ts
-from sweeps._dataset_identity import check_dataset_unchanged
+from sweeps import trial_record as ts
 from sweeps._embedded_stores import StoreError
 from sweeps._embedded_stores import disk_full_in_words
 from sweeps._embedded_stores import ensure_optuna_store
-from sweeps._eval_run import Evaluator
-from sweeps._eval_run import build_evaluator
-from sweeps._lease import StudyLeases
-from sweeps._lease import new_worker_id
-from sweeps._outcome import PreparedData
-from sweeps._study_lock import StorageUnavailable
-from sweeps._study_lock import StudyLock
-from sweeps._study_lock import retry_first_use
-from sweeps._sweep_loop import SweepContext
-from sweeps._sweep_loop import SweepLoop
-from sweeps._sweep_state import JobProgress
-from sweeps._sweep_state import SweepProgress
-from sweeps._sweep_state import SweepState
-from sweeps.budget import cost_of
-from sweeps.config import SweepConfig
-from sweeps.dataset import load_dataset
+from sweeps.config.schema import SweepConfig
+from sweeps.data.dataset import load_dataset
+from sweeps.engine._dataset_identity import check_dataset_unchanged
+from sweeps.engine._lease import StudyLeases
+from sweeps.engine._lease import new_worker_id
+from sweeps.engine._loop import SweepContext
+from sweeps.engine._loop import SweepLoop
+from sweeps.engine._outcome import PreparedData
+from sweeps.engine._state import JobProgress
+from sweeps.engine._state import SweepProgress
+from sweeps.engine._state import SweepState
+from sweeps.engine._study_lock import StorageUnavailable
+from sweeps.engine._study_lock import StudyLock
+from sweeps.engine._study_lock import retry_first_use
+from sweeps.engine.budget import cost_of
 from sweeps.errors import ConfigError
 from sweeps.errors import DatasetError
 from sweeps.errors import TrackingError
-from sweeps.results import recommended_knobs
-from sweeps.results import redact_url
-from sweeps.search_space import knob_names
-from sweeps.search_space import make_pruner
-from sweeps.search_space import make_sampler
-from sweeps.search_space import max_epochs
-from sweeps.tracking import MlflowTracker
-from sweeps.tracking import SweepInfo
-from sweeps.tracking import SweepSummary
-from sweeps.tracking import Tracker
-from sweeps.warm_start import seed_from_earlier_sweeps
+from sweeps.evaluation.runner import Evaluator
+from sweeps.evaluation.runner import build_evaluator
+from sweeps.policy.search_space import knob_names
+from sweeps.policy.search_space import make_pruner
+from sweeps.policy.search_space import make_sampler
+from sweeps.policy.search_space import max_epochs
+from sweeps.policy.warm_start import seed_from_earlier_sweeps
+from sweeps.results.sweep_results import recommended_knobs
+from sweeps.results.sweep_results import redact_url
+from sweeps.tracking.tracker import MlflowTracker
+from sweeps.tracking.tracker import SweepInfo
+from sweeps.tracking.tracker import SweepSummary
+from sweeps.tracking.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class SweepResult:
     best_number: int | None = None
     best_value: float | None = None
     #: The configuration to tune with: the best trial's knobs, ``epochs`` from its curve
-    #: (sweeps.results.recommended_epochs); ``best_params_run`` is what the trial ran.
+    #: (sweeps.results.sweep_results.recommended_epochs); ``best_params_run``: what it ran.
     best_params: dict[str, Any] = field(default_factory=dict)
     best_params_run: dict[str, Any] = field(default_factory=dict)
     best_plateau_epoch: int | None = None

@@ -2,7 +2,7 @@
 
 Training loss cannot show overfitting, and the Gemini API reports nothing else, so after a
 job succeeds the runner asks the tuned model to answer the validation split's inputs
-(:mod:`sweeps._eval_run`) and scores each answer here. Built-in metrics:
+(:mod:`sweeps.evaluation.runner`) and scores each answer here. Built-in metrics:
 
 * ``exact_match``: 1.0 when the answer equals the expected output after whitespace
   normalisation (trimmed, runs of whitespace as one space), else 0.0; its mean is the
@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sweeps.config import BUILTIN_METRICS
+from sweeps.config.schema import BUILTIN_METRICS
 from sweeps.errors import ConfigError
 from sweeps.errors import SweepError
 

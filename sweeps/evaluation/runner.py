@@ -31,19 +31,19 @@ from gemini_backend import BaseBackend
 from gemini_backend import Example
 from gemini_backend import JobRef
 from gemini_backend import retry_call
-from sweeps import budget
-from sweeps._trial_state import EvalRow
-from sweeps._trial_state import InFlight
-from sweeps._trial_state import TrialOutcome
-from sweeps.config import SweepConfig
-from sweeps.config import is_score_objective
-from sweeps.dataset import estimate_tokens
+from sweeps.config.schema import SweepConfig
+from sweeps.config.schema import is_score_objective
+from sweeps.data.dataset import estimate_tokens
+from sweeps.engine import budget
 from sweeps.errors import ConfigError
-from sweeps.evaluation import EvaluationError
-from sweeps.evaluation import Metric
-from sweeps.evaluation import metric_key
-from sweeps.evaluation import resolve_metrics
-from sweeps.evaluation import score_answers
+from sweeps.evaluation.metrics import EvaluationError
+from sweeps.evaluation.metrics import Metric
+from sweeps.evaluation.metrics import metric_key
+from sweeps.evaluation.metrics import resolve_metrics
+from sweeps.evaluation.metrics import score_answers
+from sweeps.trial_record import EvalRow
+from sweeps.trial_record import InFlight
+from sweeps.trial_record import TrialOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Evaluator:
 
     Args:
         backend: the sweep's backend (``capabilities.can_generate``).
-        metrics: from :func:`sweeps.evaluation.resolve_metrics`.
+        metrics: from :func:`sweeps.evaluation.metrics.resolve_metrics`.
         examples: the validation examples to answer (preamble applied, text inputs).
         concurrency: generation calls in flight at once.
         sleep: waits between retries (tests inject a fake).

@@ -1,5 +1,5 @@
 """The steps of the plateau rule (reference/plateau.md sections 1.2 and 1.10), kept apart from
-:mod:`sweeps.plateau` so that each stays short. Pure functions on lists of floats."""
+:mod:`sweeps.plateau.analysis` so that each stays short. Pure functions on lists of floats."""
 
 from __future__ import annotations
 

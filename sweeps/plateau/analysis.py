@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gemini_backend import LossSnapshot
-from sweeps._plateau_rules import CurveFacts
-from sweeps._plateau_rules import analyse_curve
-from sweeps._plateau_rules import ema_smooth
+from sweeps.plateau._rules import CurveFacts
+from sweeps.plateau._rules import analyse_curve
+from sweeps.plateau._rules import ema_smooth
 
 logger = logging.getLogger(__name__)
 

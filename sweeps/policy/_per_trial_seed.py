@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 
-from sweeps.stratified_start import StratifiedStartTPESampler
+from sweeps.policy.stratified_start import StratifiedStartTPESampler
 
 #: The attributes that hold a sampler's random state, or a sampler it delegates draws to.
 _RANDOM_STATES = ("_rng",)

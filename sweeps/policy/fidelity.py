@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sweeps.config import FromCurve
+from sweeps.config.schema import FromCurve
 
 #: The ``epochs_mode`` user attribute of a trial whose epoch was chosen from its curve.
 ATTR_EPOCHS_MODE = "epochs_mode"

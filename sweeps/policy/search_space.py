@@ -12,28 +12,28 @@ from typing import Any
 
 import optuna
 
-from sweeps._per_trial_seed import PerTrialSeedCmaEsSampler
-from sweeps._per_trial_seed import PerTrialSeedGPSampler
-from sweeps._per_trial_seed import PerTrialSeedRandomSampler
-from sweeps._per_trial_seed import PerTrialSeedStratifiedTPESampler
-from sweeps._per_trial_seed import PerTrialSeedTPESampler
-from sweeps.config import Choices
-from sweeps.config import Fixed
-from sweeps.config import FloatRange
-from sweeps.config import FromCurve
-from sweeps.config import HyperbandPrunerConfig
-from sweeps.config import IntRange
-from sweeps.config import KnobSpec
-from sweeps.config import LeaderGapPrunerConfig
-from sweeps.config import MedianPrunerConfig
-from sweeps.config import PatientPrunerConfig
-from sweeps.config import SamplerConfig
-from sweeps.config import SearchSpace
-from sweeps.config import SuccessiveHalvingPrunerConfig
-from sweeps.config import SweepConfig
+from sweeps.config.schema import Choices
+from sweeps.config.schema import Fixed
+from sweeps.config.schema import FloatRange
+from sweeps.config.schema import FromCurve
+from sweeps.config.schema import HyperbandPrunerConfig
+from sweeps.config.schema import IntRange
+from sweeps.config.schema import KnobSpec
+from sweeps.config.schema import LeaderGapPrunerConfig
+from sweeps.config.schema import MedianPrunerConfig
+from sweeps.config.schema import PatientPrunerConfig
+from sweeps.config.schema import SamplerConfig
+from sweeps.config.schema import SearchSpace
+from sweeps.config.schema import SuccessiveHalvingPrunerConfig
+from sweeps.config.schema import SweepConfig
 from sweeps.errors import ConfigError
-from sweeps.pruners import LeaderGapPruner
-from sweeps.stratified_start import StratifiedStartTPESampler
+from sweeps.policy._per_trial_seed import PerTrialSeedCmaEsSampler
+from sweeps.policy._per_trial_seed import PerTrialSeedGPSampler
+from sweeps.policy._per_trial_seed import PerTrialSeedRandomSampler
+from sweeps.policy._per_trial_seed import PerTrialSeedStratifiedTPESampler
+from sweeps.policy._per_trial_seed import PerTrialSeedTPESampler
+from sweeps.policy.pruners import LeaderGapPruner
+from sweeps.policy.stratified_start import StratifiedStartTPESampler
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def suggest_knobs(trial: optuna.trial.BaseTrial, space: SearchSpace) -> dict[str
 def _suggest(trial: optuna.trial.BaseTrial, name: str, spec: KnobSpec) -> Any:
     if isinstance(spec, Fixed):
         return spec.value
-    if isinstance(spec, FromCurve):  # not searched: every trial runs max (sweeps.fidelity)
+    if isinstance(spec, FromCurve):  # not searched: every trial runs max (sweeps.policy.fidelity)
         return spec.max
     if isinstance(spec, Choices):
         return trial.suggest_categorical(name, spec.choices)
@@ -92,7 +92,7 @@ def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     """The sampler the config names, seeded when ``sampler.seed`` is set.
 
     A seeded TPE, random or GP sampler draws each trial from the seed and the trial's
-    number (:mod:`sweeps._per_trial_seed`): the sampler is rebuilt by every process of a
+    number (:mod:`sweeps.policy._per_trial_seed`): the sampler is rebuilt by every process of a
     sweep, and a seed applied once would repeat its draws after a restart or in a second
     worker. CMA-ES draws its random start that way; the grid keeps Optuna's own seeding (it
     skips points already taken).

@@ -29,17 +29,17 @@ from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 
-from sweeps import _trial_state as ts
-from sweeps.config import Choices
-from sweeps.config import Fixed
-from sweeps.config import FloatRange
-from sweeps.config import FromCurve
-from sweeps.config import IntRange
-from sweeps.config import SweepConfig
-from sweeps.config import load_config
+from sweeps import trial_record as ts
+from sweeps.config.schema import Choices
+from sweeps.config.schema import Fixed
+from sweeps.config.schema import FloatRange
+from sweeps.config.schema import FromCurve
+from sweeps.config.schema import IntRange
+from sweeps.config.schema import SweepConfig
+from sweeps.config.schema import load_config
 from sweeps.errors import ConfigError
-from sweeps.fidelity import ATTR_EPOCHS_MODE
-from sweeps.results import load_study
+from sweeps.policy.fidelity import ATTR_EPOCHS_MODE
+from sweeps.results.sweep_results import load_study
 
 logger = logging.getLogger(__name__)
 

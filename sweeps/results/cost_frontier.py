@@ -10,7 +10,7 @@ trial, the trial that is cheapest to tune again while staying within ``cost_tole
 *recommended* epochs (``training tokens / epochs run x recommended epochs``). That is the
 price the user pays for the exported config, and it makes trials comparable when every trial
 ran the same epochs (``epochs: {mode: from_curve}``). Pure functions over
-:class:`sweeps.results.TrialRecord`: no storage, no backend.
+:class:`sweeps.results.sweep_results.TrialRecord`: no storage, no backend.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sweeps.results import SweepResults
-    from sweeps.results import TrialRecord
+    from sweeps.results.sweep_results import SweepResults
+    from sweeps.results.sweep_results import TrialRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Export a sweep's best trial as a configuration ready to submit.
 
 The best trial is the best COMPLETE one (ties: fewer training tokens, see
-:func:`sweeps.results.pick_best`); pruned, failed and cancelled trials are never exported,
+:func:`~sweeps.results.sweep_results.pick_best`);
+pruned, failed and cancelled trials are never exported,
 because a cancelled job's model quality is unpredictable. ``epochs`` is set to the epoch the
 loss curve plateaus at (or more, when the curve had not converged), and every note the user
 needs to trust that number comes with it.
@@ -32,18 +33,18 @@ from gemini_backend import CreateCall
 from gemini_backend import JobRequest
 from gemini_backend import config_model
 from gemini_backend import create_backend
-from gemini_backend.gemini_api import tuned_model_id
-from sweeps import _export_snippets as snippets
-from sweeps.config import SweepConfig
-from sweeps.cost_frontier import sweep_notes
-from sweeps.dataset import Dataset
-from sweeps.dataset import load_dataset
+from gemini_backend.gemini_api.backend import tuned_model_id
+from sweeps.config.schema import SweepConfig
+from sweeps.data.dataset import Dataset
+from sweeps.data.dataset import load_dataset
 from sweeps.errors import SweepError
-from sweeps.fidelity import FROM_CURVE
-from sweeps.fidelity import schedule_caveat
-from sweeps.results import SweepResults
-from sweeps.results import TrialRecord
-from sweeps.results import recommended_epochs
+from sweeps.policy.fidelity import FROM_CURVE
+from sweeps.policy.fidelity import schedule_caveat
+from sweeps.results import _export_snippets as snippets
+from sweeps.results.cost_frontier import sweep_notes
+from sweeps.results.sweep_results import SweepResults
+from sweeps.results.sweep_results import TrialRecord
+from sweeps.results.sweep_results import recommended_epochs
 
 logger = logging.getLogger(__name__)
 

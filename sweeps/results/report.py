@@ -1,8 +1,8 @@
 """A one-page report of a sweep: PNG plots and a Markdown summary that embeds them.
 
-The plots are :mod:`sweeps.plots`' (optimization history, parallel coordinates, parameter
+The plots are :mod:`sweeps.tracking.plots`' (optimization history, parallel coordinates, parameter
 importances, every loss curve with its plateau epoch, the best trial's curve); the numbers
-come from the Optuna study (:mod:`sweeps.results`) and the curves from the MLflow runs the
+come from the study (:mod:`sweeps.results.sweep_results`) and the curves from the MLflow runs the
 tracker wrote. Markdown renders on GitHub and in any editor, and the README embeds it.
 """
 
@@ -16,18 +16,18 @@ from pathlib import Path
 import optuna
 from matplotlib.figure import Figure
 
-from sweeps import plots
-from sweeps._tracking_read import TrialCurve
-from sweeps._tracking_read import trial_curves
-from sweeps.config import SweepConfig
+from sweeps.config.schema import SweepConfig
 from sweeps.errors import TrackingError
-from sweeps.export import Recommendation
-from sweeps.export import recommend
-from sweeps.plateau import PlateauResult
-from sweeps.results import SweepResults
-from sweeps.results import TrialRecord
-from sweeps.results import collect_results
-from sweeps.results import load_config_study
+from sweeps.plateau.analysis import PlateauResult
+from sweeps.results.export import Recommendation
+from sweeps.results.export import recommend
+from sweeps.results.sweep_results import SweepResults
+from sweeps.results.sweep_results import TrialRecord
+from sweeps.results.sweep_results import collect_results
+from sweeps.results.sweep_results import load_config_study
+from sweeps.tracking import plots
+from sweeps.tracking.read import TrialCurve
+from sweeps.tracking.read import trial_curves
 
 logger = logging.getLogger(__name__)
 

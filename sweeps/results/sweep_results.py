@@ -1,7 +1,7 @@
 """A sweep's results read back from its Optuna study: one record per trial, the best one, spend.
 
 What ``gemini-sweep status``, ``export`` and ``report`` show. Everything comes from the
-trial user attributes the runner writes (:mod:`sweeps._trial_state`), so the results of a
+trial user attributes the runner writes (:mod:`sweeps.trial_record`), so the results of a
 sweep run on another machine (PostgreSQL storage) read the same. Nothing here talks to a
 backend or to MLflow.
 """
@@ -21,24 +21,24 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from sweeps import _trial_state as ts
-from sweeps._trial_state import ATTR_CHECKPOINTS
-from sweeps._trial_state import ATTR_COST
-from sweeps._trial_state import ATTR_EPOCHS_COMPLETED
-from sweeps._trial_state import ATTR_FLAGS
-from sweeps._trial_state import ATTR_LOSS_AT_PLATEAU
-from sweeps._trial_state import ATTR_PLATEAU_EPOCH
-from sweeps._trial_state import ATTR_RECOMMENDED_EPOCHS
-from sweeps._trial_state import ATTR_TRAINING_TOKENS
-from sweeps._trial_state import ATTR_WARM_START_FROM
-from sweeps.budget import token_limit
-from sweeps.config import BudgetConfig
-from sweeps.config import SweepConfig
-from sweeps.cost_frontier import CheapestWithinTolerance
-from sweeps.cost_frontier import cheapest_within
+from sweeps import trial_record as ts
+from sweeps.config.schema import BudgetConfig
+from sweeps.config.schema import SweepConfig
+from sweeps.engine.budget import token_limit
 from sweeps.errors import ServiceUnavailable
 from sweeps.errors import SweepError
-from sweeps.fidelity import ATTR_EPOCHS_MODE
+from sweeps.policy.fidelity import ATTR_EPOCHS_MODE
+from sweeps.results.cost_frontier import CheapestWithinTolerance
+from sweeps.results.cost_frontier import cheapest_within
+from sweeps.trial_record import ATTR_CHECKPOINTS
+from sweeps.trial_record import ATTR_COST
+from sweeps.trial_record import ATTR_EPOCHS_COMPLETED
+from sweeps.trial_record import ATTR_FLAGS
+from sweeps.trial_record import ATTR_LOSS_AT_PLATEAU
+from sweeps.trial_record import ATTR_PLATEAU_EPOCH
+from sweeps.trial_record import ATTR_RECOMMENDED_EPOCHS
+from sweeps.trial_record import ATTR_TRAINING_TOKENS
+from sweeps.trial_record import ATTR_WARM_START_FROM
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The figures the tracker stores as artifacts: one loss curve per trial, plots per sweep.
 
-Drawing is :mod:`sweeps.plots`' job; this module only picks what to draw for a run and keeps
+Drawing is :mod:`sweeps.tracking.plots`' job; this only picks what to draw for a run and keeps
 a failing plot from failing the record (a plot is a degraded feature, never the outcome).
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 import optuna
 from matplotlib.figure import Figure
 
-from sweeps import plots
-from sweeps._trial_state import TrialOutcome
-from sweeps.plateau import PlateauResult
+from sweeps.plateau.analysis import PlateauResult
+from sweeps.tracking import plots
+from sweeps.trial_record import TrialOutcome
 
 logger = logging.getLogger(__name__)
 

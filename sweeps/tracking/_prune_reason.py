@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sweeps._trial_state import TrialOutcome
+from sweeps.trial_record import TrialOutcome
 
 TAG_PRUNE_REASON = "gemini_sweep.prune_reason"
 TAG_PRUNED_AFTER_EPOCH = "gemini_sweep.pruned_after_epoch"

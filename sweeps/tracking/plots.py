@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from gemini_backend import LossSnapshot
-from sweeps.plateau import PlateauResult
+from sweeps.plateau.analysis import PlateauResult
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Read-only MLflow helpers for ``report`` (and anything else that only looks).
 
 Part of the tracking family (the only modules that import mlflow). Nothing here writes: it
-finds a sweep's experiment and child runs by the tags :mod:`sweeps.tracking` sets and reads
+finds a sweep's experiment and child runs by the tags :mod:`sweeps.tracking.tracker` sets and reads
 back the per-epoch curves it logged. An explicit ``MlflowClient(tracking_uri)`` is used, never
 MLflow's global state.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from sweeps import _tracking_writer as writer
 from sweeps.errors import TrackingError
+from sweeps.tracking import _writer as writer
 
 logger = logging.getLogger(__name__)
 

@@ -27,15 +27,15 @@ from mlflow.entities import Metric
 from mlflow.entities import Param
 from mlflow.entities import Run
 
-from sweeps import _tracking_writer as writer
 from sweeps._crashpoints import crash_point
-from sweeps._prune_reason import prune_tags
-from sweeps._tracking_plots import save_figure
-from sweeps._tracking_plots import sweep_figures
-from sweeps._tracking_plots import write_loss_curve_png
-from sweeps._tracking_store import ensure_mlflow_store
-from sweeps._trial_state import TrialOutcome
-from sweeps.plots import Curve
+from sweeps.tracking import _writer as writer
+from sweeps.tracking._plots import save_figure
+from sweeps.tracking._plots import sweep_figures
+from sweeps.tracking._plots import write_loss_curve_png
+from sweeps.tracking._prune_reason import prune_tags
+from sweeps.tracking._store import ensure_mlflow_store
+from sweeps.tracking.plots import Curve
+from sweeps.trial_record import TrialOutcome
 
 logger = logging.getLogger(__name__)
 

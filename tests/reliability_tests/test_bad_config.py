@@ -25,7 +25,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from sweeps.cli import app
-from sweeps.config import SweepConfig
+from sweeps.config.schema import SweepConfig
 from sweeps.errors import ConfigError
 from tests.reliability_tests._bad_files import BASE_CONFIG
 from tests.reliability_tests._bad_files import BYTE_SOUP

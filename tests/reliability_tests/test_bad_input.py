@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from sweeps.dataset import validate_dataset
+from sweeps.data.dataset import validate_dataset
 from tests.reliability_tests._bad_files import BYTE_SOUP
 from tests.reliability_tests._bad_files import NON_OBJECTS
 from tests.reliability_tests._bad_files import RECORDS

@@ -22,12 +22,12 @@ import yaml
 from typer.testing import CliRunner
 
 from gemini_backend import BackendError
-from gemini_backend.replay import ReplayBackend
+from gemini_backend.replay.backend import ReplayBackend
 from sweeps.cli import app
-from sweeps.config import load_config
+from sweeps.config.schema import load_config
+from sweeps.engine.runner import run_sweep
 from sweeps.errors import DatasetError
-from sweeps.runner import run_sweep
-from sweeps.tracking import NullTracker
+from sweeps.tracking.tracker import NullTracker
 from tests.reliability_tests._bad_files import FAKE_API_KEY
 from tests.reliability_tests._bad_files import serialize
 from tests.reliability_tests._bad_files import simple_records

@@ -26,9 +26,9 @@ from gemini_backend import JobState
 from gemini_backend.local import LocalBackend
 from gemini_backend.local import _spawn
 from gemini_backend.local._jobdir import job_id_for
-from sweeps import _trial_state as ts
 from sweeps import load_config
-from sweeps.runner import open_study
+from sweeps import trial_record as ts
+from sweeps.engine.runner import open_study
 from tests.conftest import REPO_ROOT
 from tests.gemini_backend_tests.test_local import TIMEOUT_S
 from tests.gemini_backend_tests.test_local import request

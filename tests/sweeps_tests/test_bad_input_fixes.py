@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from gemini_backend import InvalidRequestError
 from gemini_backend import backend_class
 from sweeps.cli import app
-from sweeps.config import DatasetConfig
-from sweeps.config import load_config
-from sweeps.dataset import validate_dataset
+from sweeps.config.schema import DatasetConfig
+from sweeps.config.schema import load_config
+from sweeps.data.dataset import validate_dataset
 from sweeps.errors import ConfigError
 
 runner = CliRunner()
