@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from sweeps._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from sweeps.tracking._writer import artifact_root_for as artifact_root_for
     from sweeps.tracking.plots import plot_loss_curve as plot_loss_curve
     from sweeps.tracking.plots import plot_sweep as plot_sweep
     from sweeps.tracking.read import TrialCurve as TrialCurve
@@ -30,5 +31,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "TrialCurve": "sweeps.tracking.read",
         "plot_loss_curve": "sweeps.tracking.plots",
         "plot_sweep": "sweeps.tracking.plots",
+        "artifact_root_for": "sweeps.tracking._writer",
     },
 )
