@@ -156,7 +156,7 @@ class InFlight:
 
 @dataclass(frozen=True, slots=True)
 class EvalRow:
-    """One held-out example as the tuned model answered it (issue #9)."""
+    """One held-out example as the tuned model answered it."""
 
     input: str
     expected: str

@@ -1,4 +1,4 @@
-"""Leases on running trials, so many workers can share one study safely (issue #8).
+"""Leases on running trials, so many workers can share one study safely.
 
 A worker holds a trial from the moment it asks it until it has told it. While it holds it,
 a background thread writes the trial's ``heartbeat`` user attribute every

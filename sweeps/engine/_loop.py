@@ -74,7 +74,7 @@ class SweepContext:
     sweep_id: str
     worker_id: str
     leases: StudyLeases  # shares the study with other workers (one worker: nobody else)
-    evaluator: Evaluator | None = None  # held-out evaluation after each success (issue #9)
+    evaluator: Evaluator | None = None  # held-out evaluation after each success
 
 
 class SweepLoop:

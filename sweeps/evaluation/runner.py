@@ -6,7 +6,7 @@ evaluation is done. Generation goes through ``backend.generate(ref, prompts)`` i
 ``evaluation.concurrency`` at a time; a :class:`TransientError` is retried with the
 backends' backoff, any other error ends the evaluation with its message.
 
-What a failed evaluation does to its trial (issue #9): with an ``eval_*`` objective the
+What a failed evaluation does to its trial: with an ``eval_*`` objective the
 trial FAILs (its objective has no value); with a loss objective the trial completes on its
 loss, the eval metrics are logged as NaN and the reason is kept (``eval_error``).
 """

@@ -1,4 +1,4 @@
-"""Pick the plateau epoch of a loss curve (issue #4; reference/plateau.md section 1.10).
+"""Pick the plateau epoch of a loss curve (reference/plateau.md section 1.10).
 
 Google's tuning guide says to "stop training at the lowest point in the curve right before it
 plateaus": a curve that plateaus at about epochs 4-6 means epochs=4 gives "the same

@@ -45,7 +45,7 @@ _RUN_STATUS = {
     optuna.trial.TrialState.FAIL: "FAILED",
 }
 _MAX_TAG_CHARS = 5000
-#: The held-out examples with the tuned model's answers, one row each (issue #9).
+#: The held-out examples with the tuned model's answers, one row each.
 EVAL_TABLE_FILE = "eval_examples.json"
 
 
