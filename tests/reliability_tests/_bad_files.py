@@ -1,4 +1,4 @@
-"""Makers of good and bad input files for the bad-input tests (issue #10).
+"""Makers of good and bad input files for the bad-input tests.
 
 Datasets come in the three formats the validator reads; configs are the YAML a user writes,
 always with a fake API key in them so every error path can be checked for leaking it. The

@@ -1,4 +1,4 @@
-"""Bad sweep configs never crash (issue #10): a config, or a ConfigError naming the file and,
+"""Bad sweep configs never crash: a config, or a ConfigError naming the file and,
 for schema errors, the key path and its line; never another exception, never the API key.
 
 Every config here holds a fake API key (``backend.api_key``) and goes through

@@ -1,4 +1,4 @@
-"""Bad dataset files never crash (issue #10): a located error or a valid dataset, always.
+"""Bad dataset files never crash: a located error or a valid dataset, always.
 
 Every generated file goes through :func:`check_dataset_file`: ``validate_dataset`` returns a
 report, ``load_dataset`` returns a Dataset or raises a DatasetError whose every problem line

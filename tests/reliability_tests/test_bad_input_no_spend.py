@@ -1,4 +1,4 @@
-"""Bad input never spends (issue #10, invariant 3): a bad dataset or config stops the sweep
+"""Bad input never spends (invariant 3): a bad dataset or config stops the sweep
 with exit code 2 and a clear message before any job is submitted or any trial created.
 
 Jobs go to the replay backend, whose ``submissions.log`` records every job it creates, and to
@@ -123,7 +123,7 @@ def test_run_sweep_refuses_epochs_the_backend_cannot_run(tmp_path: Path) -> None
 def run_cli_ready() -> None:
     probe = runner.invoke(app, ["run", "/nonexistent/sweep.yaml"])
     if "not available yet" in probe.output:
-        pytest.skip("`gemini-sweep run` is still a stub (issue #4)")
+        pytest.skip("`gemini-sweep run` is still a stub")
 
 
 def _run_cli(config: Path) -> Any:

@@ -60,7 +60,7 @@ def mount_tmpfs(root: Path, size: str, *, read_only: bool = False) -> None:
     result = mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root))
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the disk-fault "
-                    "tests need root with CAP_SYS_ADMIN (issue #10)")
+                    "tests need root with CAP_SYS_ADMIN")
     if read_only:
         assert mount("-o", "remount,ro", str(root)).returncode == 0
 

@@ -1,4 +1,4 @@
-"""Cost policies (issue #11): epochs from the curve, successive halving, warm start, and the
+"""Cost policies: epochs from the curve, successive halving, warm start, and the
 cheapest trial within a tolerance of the best.
 
 The runner drives the in-memory fake backend on a fake clock, with real Optuna SQLite

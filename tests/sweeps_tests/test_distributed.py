@@ -1,4 +1,4 @@
-"""Many workers on one study (issue #8): study-wide n_trials, leases, take-over, MLflow server.
+"""Many workers on one study: study-wide n_trials, leases, take-over, MLflow server.
 
 The first tests run workers as threads on a real SQLite study (each with its own lock file
 handle, so ``flock`` excludes them as it does processes). The last one is the real thing:

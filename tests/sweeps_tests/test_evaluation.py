@@ -1,4 +1,4 @@
-"""Held-out evaluation (issue #9): metrics, the evaluator, and sweeps that pick the trial whose
+"""Held-out evaluation: metrics, the evaluator, and sweeps that pick the trial whose
 tuned model answers best: with an answering fake backend, the fake Gemini API over HTTP on
 127.0.0.1, and one real local training job compared with its untrained model."""
 
