@@ -1,6 +1,6 @@
 """MLflow tracking of a sweep: one parent run per study, one child run per trial.
 
-This is the only module (with its private sibling ``_tracking_writer``) that talks to MLflow.
+With the other modules of :mod:`sweeps.tracking`, the only code that talks to MLflow.
 The runner calls a :class:`Tracker` through named hooks; :class:`MlflowTracker` writes with an
 explicit ``MlflowClient(tracking_uri)`` (never MLflow's global state, so several sweeps in one
 process do not collide), and every write is idempotent: runs are found again by tags
