@@ -112,18 +112,18 @@ import optuna
 
 from gemini_backend import LossSnapshot
 from gemini_backend.errors import InvalidRequestError
-from gemini_backend.replay import ReplayBackend
-from gemini_backend.replay import load_curves
-from gemini_backend.replay import nearest_record
+from gemini_backend.replay.backend import ReplayBackend
+from gemini_backend.replay.backend import load_curves
+from gemini_backend.replay.backend import nearest_record
 from sweeps import SweepConfig
-from sweeps._trial_state import STUDY_ATTR_SWEEP_ID
-from sweeps._trial_state import TrialOutcome
-from sweeps.config import PlateauConfig
-from sweeps.plateau import epoch_means
-from sweeps.plateau import find_plateau
-from sweeps.runner import open_study
-from sweeps.runner import run_sweep
-from sweeps.tracking import NullTracker
+from sweeps.config.schema import PlateauConfig
+from sweeps.engine.runner import open_study
+from sweeps.engine.runner import run_sweep
+from sweeps.plateau.analysis import epoch_means
+from sweeps.plateau.analysis import find_plateau
+from sweeps.tracking.tracker import NullTracker
+from sweeps.trial_record import STUDY_ATTR_SWEEP_ID
+from sweeps.trial_record import TrialOutcome
 
 # Run as a script (and in the spawned workers) the modules beside it import by name.
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemini_backend.replay import ReplayRecord
+from gemini_backend.replay.backend import ReplayRecord
 
 VERTEX_BATCH_SIZE = 16  # what the Vertex-like space fixes when the grid has it
 TARGET_GAP = 0.02

@@ -28,7 +28,7 @@ import yaml
 from mlflow import MlflowClient
 
 from sweeps import load_config
-from sweeps.runner import run_sweep
+from sweeps.engine.runner import run_sweep
 
 N_TRIALS = 64
 CONCURRENCY = 8

@@ -1,7 +1,8 @@
 """How much validation loss the plateau pick gives up, on recorded fine-tuning curves.
 
 For every recorded run of the given curve sets (``configs/data/curves_*.json`` by default),
-each rule picks an epoch from the run's per-epoch curves, as ``sweeps.plateau.find_plateau``
+each rule picks an epoch from the run's per-epoch curves, as
+``sweeps.plateau.analysis.find_plateau``
 sees them; its regret is the run's loss at that epoch minus the run's best loss over its
 epochs (raw validation loss; also the held-out ``test_loss`` where recorded). Rules:
 
@@ -28,11 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gemini_backend import LossSnapshot
-from gemini_backend.replay import ReplayRecord
-from gemini_backend.replay import load_curves
-from sweeps.config import PlateauConfig
-from sweeps.plateau import epoch_means
-from sweeps.plateau import find_plateau
+from gemini_backend.replay.backend import ReplayRecord
+from gemini_backend.replay.backend import load_curves
+from sweeps.config.schema import PlateauConfig
+from sweeps.plateau.analysis import epoch_means
+from sweeps.plateau.analysis import find_plateau
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "configs" / "data"
 TOLERANCES = (1e-9, 0.005, 0.01, 0.03)

@@ -1,12 +1,10 @@
 """Tuning-job backends behind one interface: local, gemini-api, vertex, replay.
 
 This package knows nothing of Optuna or MLflow. Other code imports only from here (or from a
-public backend module such as ``gemini_backend.vertex``), never a ``_private`` module:
+public backend module such as ``gemini_backend.vertex.backend``), never a ``_private`` module:
 ``tests/test_layout.py`` enforces it.
 """
 
-from gemini_backend._retry import Backoff
-from gemini_backend._retry import retry_call
 from gemini_backend.base import CANONICAL_KNOBS
 from gemini_backend.base import BackendConfig
 from gemini_backend.base import BaseBackend
@@ -34,6 +32,8 @@ from gemini_backend.registry import BUILTIN_BACKENDS
 from gemini_backend.registry import backend_class
 from gemini_backend.registry import config_model
 from gemini_backend.registry import create_backend
+from gemini_backend.transport.retry import Backoff
+from gemini_backend.transport.retry import retry_call
 
 __all__ = [
     "AuthError",

@@ -22,9 +22,9 @@ import math
 import random
 from pathlib import Path
 
-from gemini_backend.replay import ReplayPoint
-from gemini_backend.replay import ReplayRecord
-from gemini_backend.replay import write_curves_file
+from gemini_backend.replay.backend import ReplayPoint
+from gemini_backend.replay.backend import ReplayRecord
+from gemini_backend.replay.backend import write_curves_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "configs" / "data" / "replay_demo_curves.json"

@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 
 from sweeps import load_config
-from sweeps.report import write_report
-from sweeps.runner import run_sweep
+from sweeps.engine.runner import run_sweep
+from sweeps.results.report import write_report
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "docs" / "report_example"

@@ -49,10 +49,11 @@ from gemini_backend import JobRequest
 from gemini_backend import JobState
 from gemini_backend.local import LocalBackend
 from gemini_backend.local import LocalBackendConfig
-from gemini_backend.replay import ReplayPoint
-from gemini_backend.replay import ReplayRecord
-from gemini_backend.replay import write_curves_file
-from sweeps.dataset import load_dataset
+from gemini_backend.local.scoring import checkpoint_losses
+from gemini_backend.replay.backend import ReplayPoint
+from gemini_backend.replay.backend import ReplayRecord
+from gemini_backend.replay.backend import write_curves_file
+from sweeps.data.dataset import load_dataset
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "configs" / "data"
 BYTE_MODEL = "byte-transformer"
@@ -194,32 +195,12 @@ def record_set(curve_set: CurveSet, backend: LocalBackend, *,
                                  f"{status.error_message}")
             job_path = backend.job_root / ref.job_id  # type: ignore[attr-defined]
             records.append(_record(job_path, curve_set.epochs, knobs,
-                                   status.training_tokens or 0, test_losses(job_path, test)))
+                                   status.training_tokens or 0, checkpoint_losses(job_path, test)))
             print(f"  {name} batch={knobs[0]} multiplier={knobs[1]} seed={knobs[2]}: "
                   f"{records[-1].duration_s:.1f}s", flush=True)
     return sorted(records, key=lambda r: (r.params["batch_size"],
                                           r.params["learning_rate_multiplier"],
                                           r.seed or 0))
-
-
-def test_losses(job_path: Path, test: Sequence[Example]) -> dict[int, float]:
-    """Each epoch's saved weights scored on ``test`` as the job scores validation."""
-    import torch
-
-    from gemini_backend.local import _models
-    from gemini_backend.local import _train
-    from gemini_backend.local._jobdir import JobDir
-
-    torch.set_num_threads(1)
-    job = JobDir(job_path)
-    _, settings = job.read_job()
-    losses = {}
-    for checkpoint in job.read_status()["checkpoints"]:
-        model = _models.load_tuned_model(settings, job.path / checkpoint["path"])
-        batches = _train.make_batches([model.encode(e) for e in test], settings.batch_size,
-                                      pad_id=model.pad_id)
-        losses[checkpoint["epoch"]] = _train.validation_loss(model, batches)
-    return losses
 
 
 def _record(job_path: Path, epochs: int, knobs: tuple[int, float, int],

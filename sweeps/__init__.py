@@ -7,60 +7,33 @@ plotting through the runner.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
-from typing import Any
+
+from sweeps._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from sweeps.config import SweepConfig
-    from sweeps.config import load_config
-    from sweeps.dataset import Dataset
-    from sweeps.dataset import load_dataset
-    from sweeps.errors import ConfigError
-    from sweeps.errors import DatasetError
-    from sweeps.errors import ServiceUnavailable
-    from sweeps.errors import SweepError
-    from sweeps.errors import TrackingError
-    from sweeps.runner import SweepResult
-    from sweeps.runner import run_sweep
+    from sweeps.config.schema import SweepConfig as SweepConfig
+    from sweeps.config.schema import load_config as load_config
+    from sweeps.data.dataset import Dataset as Dataset
+    from sweeps.data.dataset import load_dataset as load_dataset
+    from sweeps.engine.runner import SweepResult as SweepResult
+    from sweeps.engine.runner import run_sweep as run_sweep
+    from sweeps.errors import ConfigError as ConfigError
+    from sweeps.errors import DatasetError as DatasetError
+    from sweeps.errors import ServiceUnavailable as ServiceUnavailable
+    from sweeps.errors import SweepError as SweepError
+    from sweeps.errors import TrackingError as TrackingError
 
-_HOMES = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "ConfigError": "sweeps.errors",
-    "Dataset": "sweeps.dataset",
+    "Dataset": "sweeps.data.dataset",
     "DatasetError": "sweeps.errors",
     "ServiceUnavailable": "sweeps.errors",
-    "SweepConfig": "sweeps.config",
+    "SweepConfig": "sweeps.config.schema",
     "SweepError": "sweeps.errors",
     "TrackingError": "sweeps.errors",
-    "load_config": "sweeps.config",
-    "load_dataset": "sweeps.dataset",
-    "run_sweep": "sweeps.runner",
-    "SweepResult": "sweeps.runner",
-}
-
-__all__ = [
-    "ConfigError",
-    "Dataset",
-    "DatasetError",
-    "ServiceUnavailable",
-    "SweepConfig",
-    "SweepError",
-    "TrackingError",
-    "load_config",
-    "load_dataset",
-    "run_sweep",
-    "SweepResult",
-]
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'sweeps' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+    "load_config": "sweeps.config.schema",
+    "load_dataset": "sweeps.data.dataset",
+    "run_sweep": "sweeps.engine.runner",
+    "SweepResult": "sweeps.engine.runner",
+})

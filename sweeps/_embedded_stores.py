@@ -1,5 +1,5 @@
 """The embedded SQLite stores (the Optuna study here, the MLflow tracking store in
-:mod:`sweeps._tracking_store`), complete or absent.
+:mod:`sweeps.tracking._store`), complete or absent.
 
 MLflow builds a new store with a series of schema migrations that are not one transaction: a
 process killed in the middle (a Ctrl-C in the first seconds of a sweep, a full disk) leaves

@@ -13,7 +13,7 @@ RETIRED_GEMINI_API_MODELS = frozenset({
     "models/gemini-1.5-flash-001-tuning",
     "models/gemini-1.0-pro-001",
 })
-#: The bucket a Vertex export names when the sweep's config has none (sweeps.export).
+#: The bucket a Vertex export names when the sweep's config has none (sweeps.results.export).
 PLACEHOLDER_BUCKET = "YOUR_BUCKET"
 
 

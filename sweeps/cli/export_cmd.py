@@ -42,9 +42,9 @@ def export_command(
 ) -> None:
     with user_errors():
         # Loaded here, not at start-up: the export pulls in Optuna and the backends' wire code.
-        from sweeps import export
-        from sweeps.config import load_config
-        from sweeps.results import config_results
+        from sweeps.config.schema import load_config
+        from sweeps.results import export
+        from sweeps.results.sweep_results import config_results
 
         config = load_config(config_path)
         best = export.best_config(config, config_results(config))

@@ -20,8 +20,8 @@ def report_command(
 ) -> None:
     with user_errors():
         # Loaded here, not at start-up: the report pulls in MLflow and matplotlib.
-        from sweeps.config import load_config
-        from sweeps.report import write_report
+        from sweeps.config.schema import load_config
+        from sweeps.results.report import write_report
 
         config = load_config(config_path)
         files = write_report(config, output)

@@ -30,10 +30,10 @@ from sweeps.cli._common import setup_logging
 from sweeps.cli._common import user_errors
 
 if TYPE_CHECKING:
-    from sweeps.config import SweepConfig
-    from sweeps.runner import ProgressCallback
-    from sweeps.runner import SweepProgress
-    from sweeps.runner import SweepResult
+    from sweeps.config.schema import SweepConfig
+    from sweeps.engine.runner import ProgressCallback
+    from sweeps.engine.runner import SweepProgress
+    from sweeps.engine.runner import SweepResult
 
 _QUIET_LOGGERS = ("mlflow", "alembic", "optuna")
 
@@ -53,9 +53,9 @@ def run_command(
     setup_logging(verbose, quiet)
     with user_errors():
         # MLflow and Optuna set their own log levels when imported: import, then quieten.
-        import sweeps.runner  # noqa: F401
+        import sweeps.engine.runner  # noqa: F401
         _quiet_libraries(verbose)
-        from sweeps.config import load_config
+        from sweeps.config.schema import load_config
 
         config = load_config(config_path, storage=storage, tracking_uri=tracking_uri)
         with _progress_view(is_live=err_console.is_terminal and not quiet) as on_progress:
@@ -68,7 +68,7 @@ def run_command(
 def run_sweep(config: SweepConfig, *, progress: ProgressCallback | None) -> SweepResult:
     """The runner, imported here: it pulls in MLflow, Optuna and the backends, which the
     other commands (and ``--help``) do without."""
-    from sweeps.runner import run_sweep as run
+    from sweeps.engine.runner import run_sweep as run
 
     return run(config, progress=progress)
 

@@ -28,8 +28,8 @@ from sweeps.cli._common import err_console
 from sweeps.cli._common import user_errors
 
 if TYPE_CHECKING:
-    from sweeps.results import SweepResults
-    from sweeps.results import TrialRecord
+    from sweeps.results.sweep_results import SweepResults
+    from sweeps.results.sweep_results import TrialRecord
 
 _HEADERS = {"learning_rate_multiplier": "lr mult", "batch_size": "batch",
             "adapter_size": "adapter"}
@@ -75,10 +75,10 @@ def status_command(
 def _results(config_path: Path | None, *, study: str | None,
              storage: str | None) -> SweepResults:
     # Optuna and the results module load here, not at start-up: `--help` does without.
-    from sweeps.config import load_config
-    from sweeps.results import collect_results
-    from sweeps.results import config_results
-    from sweeps.results import load_study
+    from sweeps.config.schema import load_config
+    from sweeps.results.sweep_results import collect_results
+    from sweeps.results.sweep_results import config_results
+    from sweeps.results.sweep_results import load_study
 
     if config_path is not None:
         config = load_config(config_path, storage=storage)
@@ -157,7 +157,7 @@ def _say(text: str, *, style: str | None = None) -> None:
 
 
 def _print_best(results: SweepResults) -> None:
-    from sweeps.results import recommended_knobs
+    from sweeps.results.sweep_results import recommended_knobs
 
     best = results.best
     if best is None:

@@ -44,7 +44,7 @@ def ui_command(
         "--workers", min=1, help="server worker processes")] = 1,
 ) -> None:
     with user_errors():
-        from sweeps.config import load_config
+        from sweeps.config.schema import load_config
 
         config = load_config(config_path)
     tracking_uri = config.tracking_url
@@ -86,7 +86,7 @@ def ui_command(
 def server_argv(tracking_uri: str, *, port: int, workers: int) -> list[str]:
     """``mlflow server`` on the sweep's store; new experiments' artifacts go where the
     tracker puts them (``mlartifacts`` next to a SQLite store)."""
-    from sweeps._tracking_writer import artifact_root_for  # imports MLflow: only when needed
+    from sweeps.tracking import artifact_root_for  # imports MLflow: only when needed
 
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
             "--host", HOST, "--port", str(port), "--workers", str(workers)]

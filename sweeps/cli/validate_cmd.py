@@ -1,7 +1,7 @@
 """`gemini-sweep validate`: check a dataset (or a sweep config's dataset) before spending.
 
 Exit 0 with a summary when the dataset is valid, 2 listing every error otherwise. ``--json``
-prints the machine-readable report of :meth:`sweeps.dataset.DatasetReport.to_dict`.
+prints the machine-readable report of :meth:`sweeps.data.dataset.DatasetReport.to_dict`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from sweeps.cli._common import err_console
 from sweeps.cli._common import user_errors
 
 if TYPE_CHECKING:
-    from sweeps.dataset import DatasetReport
-    from sweeps.dataset import LengthStats
+    from sweeps.data.dataset import DatasetReport
+    from sweeps.data.dataset import LengthStats
 
 _CONFIG_SUFFIXES = (".yaml", ".yml")
 
@@ -69,7 +69,7 @@ def validate_command(
         "--json", help="print a machine-readable report")] = False,
 ) -> None:
     with user_errors():
-        from sweeps.dataset import validate_dataset
+        from sweeps.data.dataset import validate_dataset
 
         chosen = _resolve(dataset, backend=backend.value if backend else None,
                           preamble=preamble, validation_split=validation_split, seed=seed)
@@ -90,7 +90,7 @@ def _resolve(target: Path, *, backend: str | None, preamble: str | None,
     if target.suffix.lower() not in _CONFIG_SUFFIXES:
         return _Target(target, backend or "local", preamble or "", validation_split or 0.0,
                        seed or 0)
-    from sweeps.config import load_config
+    from sweeps.config.schema import load_config
 
     config = load_config(target)
     section = config.dataset

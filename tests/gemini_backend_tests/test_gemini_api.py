@@ -21,12 +21,12 @@ from gemini_backend import JobRequest
 from gemini_backend import JobState
 from gemini_backend import TransientError
 from gemini_backend import create_backend
-from gemini_backend._gemini_wire import TUNED_MODEL_ID_PATTERN
-from gemini_backend._gemini_wire import parse_snapshots
-from gemini_backend.gemini_api import GeminiApiBackend
-from gemini_backend.gemini_api import GeminiApiBackendConfig
-from gemini_backend.gemini_api import tuned_model_body
-from gemini_backend.gemini_api import tuned_model_id
+from gemini_backend.gemini_api._wire import TUNED_MODEL_ID_PATTERN
+from gemini_backend.gemini_api._wire import parse_snapshots
+from gemini_backend.gemini_api.backend import GeminiApiBackend
+from gemini_backend.gemini_api.backend import GeminiApiBackendConfig
+from gemini_backend.gemini_api.backend import tuned_model_body
+from gemini_backend.gemini_api.backend import tuned_model_id
 from tests.gemini_backend_tests.contract import BackendContract
 from tests.gemini_backend_tests.contract import wait_terminal
 from tests.gemini_backend_tests.fake_gemini_api import FakeGeminiApi
@@ -394,7 +394,7 @@ def test_snapshots_numbered_from_zero_are_made_one_based() -> None:
 
 
 def test_the_shipped_config_validates(repo_root) -> None:
-    from sweeps.config import load_config
+    from sweeps.config.schema import load_config
 
     config = load_config(repo_root / "configs" / "gemini_api.yaml")
     assert isinstance(config.backend, GeminiApiBackendConfig)

@@ -21,12 +21,12 @@ from gemini_backend import JobRef
 from gemini_backend import JobRequest
 from gemini_backend import JobState
 from gemini_backend import create_backend
-from gemini_backend.replay import ReplayBackend
-from gemini_backend.replay import ReplayBackendConfig
-from gemini_backend.replay import ReplayPoint
-from gemini_backend.replay import ReplayRecord
-from gemini_backend.replay import load_curves
-from gemini_backend.replay import write_curves_file
+from gemini_backend.replay.backend import ReplayBackend
+from gemini_backend.replay.backend import ReplayBackendConfig
+from gemini_backend.replay.backend import ReplayPoint
+from gemini_backend.replay.backend import ReplayRecord
+from gemini_backend.replay.backend import load_curves
+from gemini_backend.replay.backend import write_curves_file
 from tests.gemini_backend_tests.contract import BackendContract
 
 TRAIN = tuple(Example(output=str(i + 1), text_input=str(i)) for i in range(3))
@@ -265,7 +265,7 @@ _POLL_IN_A_NEW_PROCESS = """
 import json, sys
 from pathlib import Path
 from gemini_backend import JobRef
-from gemini_backend.replay import ReplayBackend, ReplayBackendConfig
+from gemini_backend.replay.backend import ReplayBackend, ReplayBackendConfig
 config = ReplayBackendConfig(curves=Path("curves.json"), time_scale=10.0)
 backend = ReplayBackend(config, base_dir=Path(sys.argv[1]))
 ref = backend.find("shared")
@@ -318,7 +318,7 @@ _SUBMIT_FOREVER = """
 import sys
 from pathlib import Path
 from gemini_backend import Example, JobRequest
-from gemini_backend.replay import ReplayBackend, ReplayBackendConfig
+from gemini_backend.replay.backend import ReplayBackend, ReplayBackendConfig
 backend = ReplayBackend(ReplayBackendConfig(curves=Path("curves.json"), time_scale=0),
                         base_dir=Path(sys.argv[1]))
 for i in range(int(sys.argv[2])):
@@ -446,7 +446,7 @@ def test_a_missing_curves_file_says_where_it_looked(tmp_path) -> None:
 
 
 def test_the_demo_config_builds_a_backend_for_its_search_space(repo_root, tmp_path) -> None:
-    from sweeps.config import load_config
+    from sweeps.config.schema import load_config
 
     config = load_config(repo_root / "configs" / "replay.yaml")
     backend = create_backend(config.backend, base_dir=config.config_dir)

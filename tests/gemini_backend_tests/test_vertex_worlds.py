@@ -20,12 +20,12 @@ from gemini_backend import Example
 from gemini_backend import InvalidRequestError
 from gemini_backend import JobState
 from gemini_backend import TransientError
-from gemini_backend._vertex_creates import CreateAttempt
-from gemini_backend._vertex_creates import next_check_delay
-from gemini_backend._vertex_creates import settle_time
-from gemini_backend._vertex_metrics import EpochMap
-from gemini_backend._vertex_wire import CheckpointPayload
-from gemini_backend._vertex_wire import map_state
+from gemini_backend.vertex._creates import CreateAttempt
+from gemini_backend.vertex._creates import next_check_delay
+from gemini_backend.vertex._creates import settle_time
+from gemini_backend.vertex._metrics import EpochMap
+from gemini_backend.vertex._wire import CheckpointPayload
+from gemini_backend.vertex._wire import map_state
 from tests.gemini_backend_tests.fake_vertex import FakeVertex
 from tests.gemini_backend_tests.test_vertex import loopback_only  # noqa: F401 (fixture)
 from tests.gemini_backend_tests.test_vertex import make_backend

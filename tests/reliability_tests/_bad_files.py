@@ -1,4 +1,4 @@
-"""Makers of good and bad input files for the bad-input tests (issue #10).
+"""Makers of good and bad input files for the bad-input tests.
 
 Datasets come in the three formats the validator reads; configs are the YAML a user writes,
 always with a fake API key in them so every error path can be checked for leaking it. The
@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from sweeps.cli import app
-from sweeps.config import SweepConfig
-from sweeps.config import load_config
-from sweeps.dataset import Dataset
-from sweeps.dataset import load_dataset
-from sweeps.dataset import validate_dataset
+from sweeps.config.schema import SweepConfig
+from sweeps.config.schema import load_config
+from sweeps.data.dataset import Dataset
+from sweeps.data.dataset import load_dataset
+from sweeps.data.dataset import validate_dataset
 from sweeps.errors import ConfigError
 from sweeps.errors import DatasetError
 

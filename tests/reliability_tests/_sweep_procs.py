@@ -29,10 +29,10 @@ from mlflow import MlflowClient
 from gemini_backend import BaseBackend
 from gemini_backend import JobRef
 from gemini_backend import create_backend
-from gemini_backend.replay import ReplayBackend
+from gemini_backend.replay.backend import ReplayBackend
 from sweeps import SweepConfig
-from sweeps import _trial_state as ts
-from sweeps.runner import open_study
+from sweeps import trial_record as ts
+from sweeps.engine.runner import open_study
 from tests.conftest import REPO_ROOT
 
 TrialState = optuna.trial.TrialState
@@ -158,8 +158,8 @@ def created_jobs(config: SweepConfig, service: FakeService | None) -> list[str]:
 def expected_creations(config: SweepConfig, service: FakeService | None,
                        trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     """What :func:`created_jobs` must hold when each trial's job was created exactly once."""
-    from gemini_backend._gemini_wire import tuned_model_id
-    from gemini_backend._vertex_wire import label_value
+    from gemini_backend.gemini_api._wire import tuned_model_id
+    from gemini_backend.vertex._wire import label_value
 
     keys = [t.user_attrs[ts.ATTR_KEY] for t in trials]
     if service is None:

@@ -1,4 +1,4 @@
-"""Bad sweep configs never crash (issue #10): a config, or a ConfigError naming the file and,
+"""Bad sweep configs never crash: a config, or a ConfigError naming the file and,
 for schema errors, the key path and its line; never another exception, never the API key.
 
 Every config here holds a fake API key (``backend.api_key``) and goes through
@@ -25,7 +25,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from sweeps.cli import app
-from sweeps.config import SweepConfig
+from sweeps.config.schema import SweepConfig
 from sweeps.errors import ConfigError
 from tests.reliability_tests._bad_files import BASE_CONFIG
 from tests.reliability_tests._bad_files import BYTE_SOUP

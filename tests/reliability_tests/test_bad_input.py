@@ -1,4 +1,4 @@
-"""Bad dataset files never crash (issue #10): a located error or a valid dataset, always.
+"""Bad dataset files never crash: a located error or a valid dataset, always.
 
 Every generated file goes through :func:`check_dataset_file`: ``validate_dataset`` returns a
 report, ``load_dataset`` returns a Dataset or raises a DatasetError whose every problem line
@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from sweeps.dataset import validate_dataset
+from sweeps.data.dataset import validate_dataset
 from tests.reliability_tests._bad_files import BYTE_SOUP
 from tests.reliability_tests._bad_files import NON_OBJECTS
 from tests.reliability_tests._bad_files import RECORDS

@@ -1,4 +1,4 @@
-"""Bad input never spends (issue #10, invariant 3): a bad dataset or config stops the sweep
+"""Bad input never spends (invariant 3): a bad dataset or config stops the sweep
 with exit code 2 and a clear message before any job is submitted or any trial created.
 
 Jobs go to the replay backend, whose ``submissions.log`` records every job it creates, and to
@@ -22,12 +22,12 @@ import yaml
 from typer.testing import CliRunner
 
 from gemini_backend import BackendError
-from gemini_backend.replay import ReplayBackend
+from gemini_backend.replay.backend import ReplayBackend
 from sweeps.cli import app
-from sweeps.config import load_config
+from sweeps.config.schema import load_config
+from sweeps.engine.runner import run_sweep
 from sweeps.errors import DatasetError
-from sweeps.runner import run_sweep
-from sweeps.tracking import NullTracker
+from sweeps.tracking.tracker import NullTracker
 from tests.reliability_tests._bad_files import FAKE_API_KEY
 from tests.reliability_tests._bad_files import serialize
 from tests.reliability_tests._bad_files import simple_records
@@ -123,7 +123,7 @@ def test_run_sweep_refuses_epochs_the_backend_cannot_run(tmp_path: Path) -> None
 def run_cli_ready() -> None:
     probe = runner.invoke(app, ["run", "/nonexistent/sweep.yaml"])
     if "not available yet" in probe.output:
-        pytest.skip("`gemini-sweep run` is still a stub (issue #4)")
+        pytest.skip("`gemini-sweep run` is still a stub")
 
 
 def _run_cli(config: Path) -> Any:

@@ -27,16 +27,16 @@ from typer.testing import CliRunner
 
 from gemini_backend import create_backend
 from sweeps import load_config
-from sweeps._config_numbers import MAX_BATCH_SIZE
-from sweeps._config_numbers import MAX_EPOCHS
-from sweeps._config_numbers import MAX_POLL_INTERVAL_S
-from sweeps.budget import cost_of
 from sweeps.cli import app
+from sweeps.config._numbers import MAX_BATCH_SIZE
+from sweeps.config._numbers import MAX_EPOCHS
+from sweeps.config._numbers import MAX_POLL_INTERVAL_S
+from sweeps.engine.budget import cost_of
 from sweeps.errors import ConfigError
-from sweeps.search_space import epoch_bounds
-from sweeps.search_space import make_pruner
-from sweeps.search_space import make_sampler
-from sweeps.search_space import suggest_knobs
+from sweeps.policy.search_space import epoch_bounds
+from sweeps.policy.search_space import make_pruner
+from sweeps.policy.search_space import make_sampler
+from sweeps.policy.search_space import suggest_knobs
 from tests.conftest import REPO_ROOT
 from tests.sweeps_tests.conftest import write_curves
 from tests.sweeps_tests.conftest import write_dataset

@@ -26,9 +26,9 @@ from gemini_backend import JobState
 from gemini_backend.local import LocalBackend
 from gemini_backend.local import _spawn
 from gemini_backend.local._jobdir import job_id_for
-from sweeps import _trial_state as ts
 from sweeps import load_config
-from sweeps.runner import open_study
+from sweeps import trial_record as ts
+from sweeps.engine.runner import open_study
 from tests.conftest import REPO_ROOT
 from tests.gemini_backend_tests.test_local import TIMEOUT_S
 from tests.gemini_backend_tests.test_local import request
@@ -60,7 +60,7 @@ def mount_tmpfs(root: Path, size: str, *, read_only: bool = False) -> None:
     result = mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root))
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the disk-fault "
-                    "tests need root with CAP_SYS_ADMIN (issue #10)")
+                    "tests need root with CAP_SYS_ADMIN")
     if read_only:
         assert mount("-o", "remount,ro", str(root)).returncode == 0
 

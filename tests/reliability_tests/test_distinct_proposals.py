@@ -15,7 +15,7 @@ import optuna
 
 from sweeps import load_config
 from sweeps._crashpoints import ENV_VAR
-from sweeps.runner import open_study
+from sweeps.engine.runner import open_study
 from tests.reliability_tests._sweep_procs import run_to_end
 from tests.reliability_tests._sweep_procs import seed_mlflow
 from tests.reliability_tests._sweep_procs import start_run
@@ -79,7 +79,7 @@ def test_workers_side_by_side_propose_distinct_configurations(
 
 
 def test_a_restart_continues_the_sequence_a_single_run_would_propose() -> None:
-    from sweeps._per_trial_seed import PerTrialSeedTPESampler
+    from sweeps.policy._per_trial_seed import PerTrialSeedTPESampler
 
     def proposals(restart_every: int, n: int) -> list[float]:
         storage = optuna.storages.InMemoryStorage()

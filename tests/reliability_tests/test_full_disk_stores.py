@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sweeps import load_config
-from sweeps.runner import open_study
+from sweeps.engine.runner import open_study
 from tests.reliability_tests._sweep_procs import check_mlflow
 from tests.reliability_tests._sweep_procs import run_to_end
 from tests.reliability_tests.test_disk_faults import mount

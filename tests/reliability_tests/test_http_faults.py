@@ -24,16 +24,16 @@ import optuna
 import pytest
 
 from gemini_backend import BaseBackend
-from gemini_backend._gemini_wire import tuned_model_id
-from gemini_backend._vertex_wire import label_value
-from gemini_backend.gemini_api import GeminiApiBackend
-from gemini_backend.gemini_api import GeminiApiBackendConfig
-from gemini_backend.vertex import VertexBackend
-from gemini_backend.vertex import VertexBackendConfig
-from sweeps import _trial_state as ts
+from gemini_backend.gemini_api._wire import tuned_model_id
+from gemini_backend.gemini_api.backend import GeminiApiBackend
+from gemini_backend.gemini_api.backend import GeminiApiBackendConfig
+from gemini_backend.vertex._wire import label_value
+from gemini_backend.vertex.backend import VertexBackend
+from gemini_backend.vertex.backend import VertexBackendConfig
 from sweeps import load_config
 from sweeps import run_sweep
-from sweeps.runner import open_study
+from sweeps import trial_record as ts
+from sweeps.engine.runner import open_study
 from tests.gemini_backend_tests._fake_chaos import Chaos
 from tests.gemini_backend_tests.fake_gemini_api import FakeGeminiApi
 from tests.gemini_backend_tests.fake_vertex import FakeVertex

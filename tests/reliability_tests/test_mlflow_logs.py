@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.tracking import MlflowTracker
-from sweeps.tracking import SweepInfo
+from sweeps.tracking.tracker import MlflowTracker
+from sweeps.tracking.tracker import SweepInfo
 
 
 def test_mlflow_tracebacks_go_to_the_log_file_next_to_the_store(

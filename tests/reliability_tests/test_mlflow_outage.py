@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from sweeps import load_config
-from sweeps.runner import open_study
+from sweeps.engine.runner import open_study
 from tests.conftest import REPO_ROOT
 from tests.reliability_tests._sweep_procs import check_mlflow
 from tests.reliability_tests._sweep_procs import free_port

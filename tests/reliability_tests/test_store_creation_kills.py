@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from sweeps import load_config
 from sweeps._embedded_stores import StoreError
 from sweeps._embedded_stores import ensure_optuna_store
-from sweeps._tracking_store import ensure_mlflow_store
+from sweeps.tracking._store import ensure_mlflow_store
 from tests.conftest import REPO_ROOT
 from tests.reliability_tests._sweep_procs import run_to_end
 from tests.reliability_tests._sweep_procs import start_run
@@ -36,7 +36,7 @@ SEED = 20261204
 _CREATE_STORES = """
 import sys
 from sweeps._embedded_stores import ensure_optuna_store
-from sweeps._tracking_store import ensure_mlflow_store
+from sweeps.tracking._store import ensure_mlflow_store
 import optuna  # imported before 'ready'
 print("ready", flush=True)
 ensure_mlflow_store(f"sqlite:///{sys.argv[1]}/mlflow.db", artifact_root=None)

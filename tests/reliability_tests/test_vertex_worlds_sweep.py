@@ -27,13 +27,13 @@ from google.oauth2.credentials import Credentials
 from mlflow import MlflowClient
 
 from gemini_backend import JobRef
-from gemini_backend.vertex import VertexBackend
-from gemini_backend.vertex import VertexBackendConfig
-from sweeps import _trial_state as ts
+from gemini_backend.vertex.backend import VertexBackend
+from gemini_backend.vertex.backend import VertexBackendConfig
 from sweeps import load_config
 from sweeps import run_sweep
+from sweeps import trial_record as ts
 from sweeps._crashpoints import ENV_VAR
-from sweeps.runner import open_study
+from sweeps.engine.runner import open_study
 from tests.gemini_backend_tests.fake_vertex import FakeVertex
 from tests.gemini_backend_tests.fake_vertex import Timing
 from tests.reliability_tests._sweep_procs import backend_section

@@ -81,16 +81,6 @@ def make_config(tmp_path: Path) -> Callable[..., SweepConfig]:
     return make
 
 
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store, created once: MLflow's table set-up takes seconds."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def seed_mlflow(mlflow_template: Path) -> Callable[[SweepConfig], None]:
     """Copy the empty store to where ``config`` keeps its MLflow database."""

@@ -1,4 +1,4 @@
-"""Regression tests for the issue #10 fixes that go beyond ``tests/reliability_tests``:
+"""Regression tests for the bad-input fixes that go beyond ``tests/reliability_tests``:
 a UTF-16/32 dataset named as such, an unpaired surrogate in any config string (not only the
 preamble), a preamble passed in code or on the command line, one merged line per union
 problem, a YAML problem quoting a huge name, and a backend module that fails to import.
@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from gemini_backend import InvalidRequestError
 from gemini_backend import backend_class
 from sweeps.cli import app
-from sweeps.config import DatasetConfig
-from sweeps.config import load_config
-from sweeps.dataset import validate_dataset
+from sweeps.config.schema import DatasetConfig
+from sweeps.config.schema import load_config
+from sweeps.data.dataset import validate_dataset
 from sweeps.errors import ConfigError
 
 runner = CliRunner()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.config import FloatRange
-from sweeps.config import IntRange
-from sweeps.config import SweepConfig
-from sweeps.config import load_config
+from sweeps.config.schema import FloatRange
+from sweeps.config.schema import IntRange
+from sweeps.config.schema import SweepConfig
+from sweeps.config.schema import load_config
 from sweeps.errors import ConfigError
 
 FAKE_KEY = "AIzaSyFAKE-0123456789-never-echo-me"

@@ -1,4 +1,4 @@
-"""Cost policies (issue #11): epochs from the curve, successive halving, warm start, and the
+"""Cost policies: epochs from the curve, successive halving, warm start, and the
 cheapest trial within a tolerance of the best.
 
 The runner drives the in-memory fake backend on a fake clock, with real Optuna SQLite
@@ -26,25 +26,25 @@ from typer.testing import CliRunner
 from gemini_backend import Capabilities
 from gemini_backend import JobRequest
 from gemini_backend import LossSnapshot
-from gemini_backend.replay import ReplayBackend
-from sweeps import _trial_state as ts
+from gemini_backend.replay.backend import ReplayBackend
 from sweeps import load_config
+from sweeps import trial_record as ts
 from sweeps.cli import app
-from sweeps.config import SweepConfig
-from sweeps.cost_frontier import cheapest_within
+from sweeps.config.schema import SweepConfig
+from sweeps.engine.runner import open_study
+from sweeps.engine.runner import run_sweep
 from sweeps.errors import ConfigError
-from sweeps.export import best_config
-from sweeps.fidelity import plateau_passed
-from sweeps.pruners import LeaderGapPruner
-from sweeps.results import TrialRecord
-from sweeps.results import config_results
-from sweeps.runner import open_study
-from sweeps.runner import run_sweep
-from sweeps.search_space import make_pruner
-from sweeps.search_space import max_epochs
-from sweeps.search_space import min_epochs
-from sweeps.search_space import suggest_knobs
-from sweeps.tracking import NullTracker
+from sweeps.policy.fidelity import plateau_passed
+from sweeps.policy.pruners import LeaderGapPruner
+from sweeps.policy.search_space import make_pruner
+from sweeps.policy.search_space import max_epochs
+from sweeps.policy.search_space import min_epochs
+from sweeps.policy.search_space import suggest_knobs
+from sweeps.results.cost_frontier import cheapest_within
+from sweeps.results.export import best_config
+from sweeps.results.sweep_results import TrialRecord
+from sweeps.results.sweep_results import config_results
+from sweeps.tracking.tracker import NullTracker
 from tests.conftest import REPO_ROOT
 from tests.sweeps_tests.conftest import write_config
 from tests.sweeps_tests.conftest import write_dataset

@@ -21,10 +21,10 @@ from mlflow import MlflowClient
 
 from gemini_backend import JobRef
 from gemini_backend import create_backend
-from gemini_backend.replay import ReplayBackend
-from sweeps import _trial_state as ts
+from gemini_backend.replay.backend import ReplayBackend
 from sweeps import load_config
-from sweeps.runner import open_study
+from sweeps import trial_record as ts
+from sweeps.engine.runner import open_study
 from tests.sweeps_tests.conftest import write_config
 from tests.sweeps_tests.conftest import write_curves
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from gemini_backend.errors import InvalidRequestError
-from gemini_backend.replay import ReplayPoint
-from gemini_backend.replay import ReplayRecord
-from gemini_backend.replay import load_curves
-from gemini_backend.replay import write_curves_file
+from gemini_backend.replay.backend import ReplayPoint
+from gemini_backend.replay.backend import ReplayRecord
+from gemini_backend.replay.backend import load_curves
+from gemini_backend.replay.backend import write_curves_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import curve_sets  # noqa: E402
@@ -173,7 +173,7 @@ def test_the_test_split_is_disjoint_and_the_validation_split_is_a_sweeps(
     import json
     import random
 
-    from sweeps.dataset import load_dataset
+    from sweeps.data.dataset import load_dataset
     path = tmp_path / "words.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in
                             recorder["GENERATORS"]["sort_letters"](random.Random(1))))

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-import sweeps.dataset as dataset_module
+import sweeps.data.dataset as dataset_module
 from gemini_backend import DatasetLimits
 from gemini_backend import Example
 from gemini_backend import JobRequest
-from gemini_backend.gemini_api import tuned_model_body
-from sweeps.dataset import Dataset
-from sweeps.dataset import gemini_api_request_bytes
-from sweeps.dataset import load_dataset
-from sweeps.dataset import validate_dataset
+from gemini_backend.gemini_api.backend import tuned_model_body
+from sweeps.data.dataset import Dataset
+from sweeps.data.dataset import gemini_api_request_bytes
+from sweeps.data.dataset import load_dataset
+from sweeps.data.dataset import validate_dataset
 from sweeps.errors import DatasetError
 from tests.conftest import REPO_ROOT
 
@@ -507,8 +507,8 @@ def test_an_empty_input_is_flagged_with_its_line(tmp_path: Path) -> None:
 
 def test_a_sweep_refuses_a_dataset_changed_since_it_began(make_config, clock,
                                                           tmp_path: Path) -> None:
-    from sweeps.runner import run_sweep
-    from sweeps.tracking import NullTracker
+    from sweeps.engine.runner import run_sweep
+    from sweeps.tracking.tracker import NullTracker
     from tests.sweeps_tests.fake_backend import FakeBackend
 
     config = make_config(n_trials=2, concurrency=1)

@@ -1,4 +1,4 @@
-"""Many workers on one study (issue #8): study-wide n_trials, leases, take-over, MLflow server.
+"""Many workers on one study: study-wide n_trials, leases, take-over, MLflow server.
 
 The first tests run workers as threads on a real SQLite study (each with its own lock file
 handle, so ``flock`` excludes them as it does processes). The last one is the real thing:
@@ -22,17 +22,17 @@ import optuna
 import pytest
 import requests
 
-from gemini_backend.replay import ReplayBackend
-from sweeps import _trial_state as ts
+from gemini_backend.replay.backend import ReplayBackend
 from sweeps import load_config
-from sweeps._lease import ATTR_WORKER_NODE
-from sweeps._lease import StudyLeases
-from sweeps._lease import new_worker_id
-from sweeps._study_lock import StudyLock
+from sweeps import trial_record as ts
+from sweeps.engine._lease import ATTR_WORKER_NODE
+from sweeps.engine._lease import StudyLeases
+from sweeps.engine._lease import new_worker_id
+from sweeps.engine._study_lock import StudyLock
+from sweeps.engine.runner import open_study
+from sweeps.engine.runner import run_sweep
 from sweeps.errors import TrackingError
-from sweeps.runner import open_study
-from sweeps.runner import run_sweep
-from sweeps.tracking import NullTracker
+from sweeps.tracking.tracker import NullTracker
 from tests.sweeps_tests.conftest import write_config
 from tests.sweeps_tests.conftest import write_curves
 from tests.sweeps_tests.fake_backend import FakeBackend

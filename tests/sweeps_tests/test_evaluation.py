@@ -1,4 +1,4 @@
-"""Held-out evaluation (issue #9): metrics, the evaluator, and sweeps that pick the trial whose
+"""Held-out evaluation: metrics, the evaluator, and sweeps that pick the trial whose
 tuned model answers best: with an answering fake backend, the fake Gemini API over HTTP on
 127.0.0.1, and one real local training job compared with its untrained model."""
 
@@ -31,17 +31,17 @@ from gemini_backend import TransientError
 from sweeps import ConfigError
 from sweeps import load_config
 from sweeps import run_sweep
-from sweeps._eval_run import Evaluator
 from sweeps.cli import app
-from sweeps.dataset import estimate_tokens
-from sweeps.evaluation import chrf
-from sweeps.evaluation import exact_match
-from sweeps.evaluation import resolve_metrics
-from sweeps.results import config_results
-from sweeps.runner import prepare_data
-from sweeps.tracking import MlflowTracker
-from sweeps.tracking import NullTracker
-from sweeps.tracking import Tracker
+from sweeps.data.dataset import estimate_tokens
+from sweeps.engine.runner import prepare_data
+from sweeps.evaluation.metrics import chrf
+from sweeps.evaluation.metrics import exact_match
+from sweeps.evaluation.metrics import resolve_metrics
+from sweeps.evaluation.runner import Evaluator
+from sweeps.results.sweep_results import config_results
+from sweeps.tracking.tracker import MlflowTracker
+from sweeps.tracking.tracker import NullTracker
+from sweeps.tracking.tracker import Tracker
 from tests.conftest import REPO_ROOT
 from tests.gemini_backend_tests.fake_gemini_api import FakeGeminiApi
 from tests.sweeps_tests.conftest import write_config

@@ -15,8 +15,8 @@ import sys
 
 from mlflow import MlflowClient
 
-from sweeps import _tracking_writer as writer
-from sweeps.runner import open_study
+from sweeps.engine.runner import open_study
+from sweeps.tracking import _writer as writer
 from tests.sweeps_tests.test_tracking import mixed_sweep  # noqa: F401  (fixture)
 from tests.sweeps_tests.test_tracking import runs_of
 

@@ -10,11 +10,11 @@ import optuna
 import pytest
 
 from gemini_backend import LossSnapshot
-from sweeps.plateau import ended_epoch_losses
-from sweeps.plateau import epoch_means
-from sweeps.runner import open_study
-from sweeps.runner import run_sweep
-from sweeps.tracking import NullTracker
+from sweeps.engine.runner import open_study
+from sweeps.engine.runner import run_sweep
+from sweeps.plateau.analysis import ended_epoch_losses
+from sweeps.plateau.analysis import epoch_means
+from sweeps.tracking.tracker import NullTracker
 from tests.sweeps_tests.fake_backend import FakeBackend
 
 TrialState = optuna.trial.TrialState
@@ -182,7 +182,7 @@ class BilledBackend(FakeBackend):
 def test_summary_and_status_name_the_same_best_trial_on_a_tie(make_config, clock):
     """Two trials with the same objective value: the one that cost fewer tokens is best, in
     the run summary as in status and export (the summary took the first one)."""
-    from sweeps.results import config_results
+    from sweeps.results.sweep_results import config_results
 
     config = make_config(n_trials=2, concurrency=1)
     study = open_study(config)
@@ -207,9 +207,9 @@ def test_summary_status_mlflow_and_export_recommend_the_same_epochs(
     from typer.testing import CliRunner
 
     from sweeps.cli import app
-    from sweeps.export import best_config
-    from sweeps.results import config_results
-    from sweeps.tracking import MlflowTracker
+    from sweeps.results.export import best_config
+    from sweeps.results.sweep_results import config_results
+    from sweeps.tracking.tracker import MlflowTracker
 
     config = make_config(n_trials=2, concurrency=1,
                          search_space={"epochs": {"value": 8},
@@ -245,8 +245,8 @@ def test_quick_start_with_a_budget_spends_at_most_the_budget_plus_one_epoch(tmp_
 
     from gemini_backend import create_backend
     from sweeps import load_config
-    from sweeps.results import config_results
-    from sweeps.runner import prepare_data
+    from sweeps.engine.runner import prepare_data
+    from sweeps.results.sweep_results import config_results
     from tests.conftest import REPO_ROOT
 
     shutil.copytree(REPO_ROOT / "configs" / "data", tmp_path / "data")
@@ -269,8 +269,8 @@ def test_a_trial_whose_evaluation_the_budget_cannot_pay_never_starts(tmp_path, c
     """The budget pays one job's training but not its billed evaluation too: the trial is
     not started (its evaluation would have pushed the spend over the limit)."""
     from sweeps import load_config
-    from sweeps.dataset import estimate_tokens
-    from sweeps.runner import prepare_data
+    from sweeps.data.dataset import estimate_tokens
+    from sweeps.engine.runner import prepare_data
     from tests.sweeps_tests.test_evaluation import AnsweringBackend
     from tests.sweeps_tests.test_evaluation import _eval_config
 
@@ -343,7 +343,7 @@ def test_validate_measures_the_file_the_vertex_backend_uploads(tmp_path):
     from gemini_backend import JobRequest
     from gemini_backend import config_model
     from gemini_backend import create_backend
-    from sweeps.dataset import validate_dataset
+    from sweeps.data.dataset import validate_dataset
 
     rows = [{"text_input": f"question {i} é", "output": f"answer number {i} ü"}
             for i in range(30)]
@@ -392,7 +392,7 @@ def test_a_sigkilled_sweep_resumes_a_stop_with_the_reason_stored_before_the_canc
     import subprocess
     import sys
 
-    from gemini_backend.replay import ReplayBackend
+    from gemini_backend.replay.backend import ReplayBackend
     from tests.sweeps_tests.test_cost_policies import _patience_config
 
     space = {"learning_rate_multiplier": {"value": 1.0}}
@@ -424,7 +424,7 @@ def test_a_job_cancelled_by_another_process_with_a_stored_reason_fails_with_that
         make_config, clock):
     """The contract for a user's cancel from another process: store the reason on the
     trial, then cancel the job; the running sweep records the trial with that reason."""
-    from sweeps import _trial_state as ts
+    from sweeps import trial_record as ts
 
     config = make_config(n_trials=1, concurrency=1)
     backend = FakeBackend(clock=clock)

@@ -11,10 +11,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from gemini_backend import LossSnapshot
-from sweeps.config import PlateauConfig
-from sweeps.plateau import epoch_means
-from sweeps.plateau import find_plateau
-from sweeps.plateau import objective_value
+from sweeps.config.schema import PlateauConfig
+from sweeps.plateau.analysis import epoch_means
+from sweeps.plateau.analysis import find_plateau
+from sweeps.plateau.analysis import objective_value
 
 # Google's tuning-guide curve (seed document): the per-epoch mean loss "spikes between the
 # first and the second epochs, then sharply declines ... and levels out", plateauing at

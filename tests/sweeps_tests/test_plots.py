@@ -12,13 +12,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from gemini_backend import LossSnapshot
-from sweeps.plateau import PlateauResult
-from sweeps.plateau import find_plateau
-from sweeps.plots import PNG_DPI
-from sweeps.plots import plot_curves_overlay
-from sweeps.plots import plot_loss_curve
-from sweeps.plots import plot_sweep
-from sweeps.plots import save_png
+from sweeps.plateau.analysis import PlateauResult
+from sweeps.plateau.analysis import find_plateau
+from sweeps.tracking.plots import PNG_DPI
+from sweeps.tracking.plots import plot_curves_overlay
+from sweeps.tracking.plots import plot_loss_curve
+from sweeps.tracking.plots import plot_sweep
+from sweeps.tracking.plots import save_png
 
 SEED_CURVE = [1.9, 2.6, 0.9, 0.35, 0.33, 0.32, 0.32]
 SWEEP_KINDS = ("optimization_history", "parallel_coordinate", "param_importances")

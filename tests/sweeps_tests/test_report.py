@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from sweeps import load_config
-from sweeps._tracking_read import trial_curves
 from sweeps.cli import app
+from sweeps.tracking.read import trial_curves
 from tests.conftest import REPO_ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,7 +38,7 @@ def write_sweep(folder: Path, *, name: str, n_trials: int = 4) -> Path:
 
 @pytest.fixture(scope="module")
 def replay_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sweeps.runner import run_sweep
+    from sweeps.engine.runner import run_sweep
 
     path = write_sweep(tmp_path_factory.mktemp("report"), name="report-sweep")
     run_sweep(load_config(path))

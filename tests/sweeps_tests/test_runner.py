@@ -15,12 +15,12 @@ import pytest
 from gemini_backend import InvalidRequestError
 from gemini_backend import JobRequest
 from sweeps import DatasetError
-from sweeps import _trial_state as ts
 from sweeps import load_config
-from sweeps.runner import open_study
-from sweeps.runner import prepare_data
-from sweeps.runner import run_sweep
-from sweeps.tracking import NullTracker
+from sweeps import trial_record as ts
+from sweeps.engine.runner import open_study
+from sweeps.engine.runner import prepare_data
+from sweeps.engine.runner import run_sweep
+from sweeps.tracking.tracker import NullTracker
 from tests.sweeps_tests.conftest import write_config
 from tests.sweeps_tests.conftest import write_dataset
 from tests.sweeps_tests.fake_backend import FakeBackend

@@ -27,10 +27,10 @@ from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 from typer.testing import CliRunner
 
-from sweeps import _trial_state as ts
 from sweeps import load_config
+from sweeps import trial_record as ts
 from sweeps.cli import app
-from sweeps.dataset import load_dataset
+from sweeps.data.dataset import load_dataset
 from tests.conftest import REPO_ROOT
 from tests.gemini_backend_tests.fake_gemini_api import FakeGeminiApi
 
@@ -418,7 +418,7 @@ def test_no_secret_in_any_export(gemini_config: Path, fmt: str) -> None:
 
 @pytest.fixture(scope="module")
 def replay_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sweeps.runner import run_sweep  # noqa: PLC0415  (only this fixture needs the runner)
+    from sweeps.engine.runner import run_sweep  # noqa: PLC0415  (only this fixture needs the runner)
 
     folder = tmp_path_factory.mktemp("replay")
     shutil.copy(REPO_ROOT / "configs/data/replay_demo_curves.json", folder)

@@ -8,9 +8,9 @@ from typing import Any
 import optuna
 import pytest
 
-from sweeps.config import SweepConfig
-from sweeps.search_space import make_sampler
-from sweeps.search_space import suggest_knobs
+from sweeps.config.schema import SweepConfig
+from sweeps.policy.search_space import make_sampler
+from sweeps.policy.search_space import suggest_knobs
 
 STRATA = 6
 SPACE = {"epochs": {"value": 4}, "batch_size": {"choices": [8, 16, 32]},

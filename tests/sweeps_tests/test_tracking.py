@@ -13,12 +13,12 @@ from mlflow.entities import Metric
 from gemini_backend import JobRef
 from gemini_backend import LossSnapshot
 from sweeps import TrackingError
-from sweeps import _trial_state as ts
-from sweeps._trial_state import TrialOutcome
-from sweeps.runner import open_study
-from sweeps.runner import run_sweep
-from sweeps.tracking import MlflowTracker
-from sweeps.tracking import SweepInfo
+from sweeps import trial_record as ts
+from sweeps.engine.runner import open_study
+from sweeps.engine.runner import run_sweep
+from sweeps.tracking.tracker import MlflowTracker
+from sweeps.tracking.tracker import SweepInfo
+from sweeps.trial_record import TrialOutcome
 from tests.sweeps_tests.fake_backend import FakeBackend
 
 TrialState = optuna.trial.TrialState

@@ -36,7 +36,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture(scope="module")
 def sweep_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sweeps.runner import run_sweep
+    from sweeps.engine.runner import run_sweep
 
     folder = tmp_path_factory.mktemp("ui")
     (folder / "data").mkdir()
