@@ -40,10 +40,26 @@ SEARCH_SPACE = {"epochs": {"value": 4},
                 "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}}
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_runs():
+    """A failed test must not leave a sweep running (and polling) behind it."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
 def start_run(config_path: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*CLI, "run", str(config_path), "-q", *extra],
+    process = subprocess.Popen([*CLI, "run", str(config_path), "-q", *extra],
                             cwd=config_path.parent, env=sweep_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _started.append(process)
+    return process
 
 
 def cancel(config_path: Path, *args: str, answer: str | None = None
