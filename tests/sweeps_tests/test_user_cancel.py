@@ -174,7 +174,9 @@ def test_cancel_some_trials_the_sweep_goes_on(tmp_path, seed_mlflow, repo_root,
     with service_context as service:
         if service is not None:
             overrides["backend"] = backend_section(service, tmp_path)
-        config_path = write_config(tmp_path, n_trials=3, concurrency=2, **overrides)
+        # One failure in a row would stop the sweep: a user's cancel is not one.
+        config_path = write_config(tmp_path, n_trials=3, concurrency=2,
+                                   max_consecutive_failures=1, **overrides)
         config = load_config(config_path)
         seed_mlflow(config)
         run = start_run(config_path)
