@@ -77,6 +77,7 @@ class SweepContext:
     worker_id: str
     leases: StudyLeases  # shares the study with other workers (one worker: nobody else)
     evaluator: Evaluator | None = None  # held-out evaluation after each success (issue #9)
+    in_job_time: bool = False  # a simulated replay (sweeps._replay_clock): tell before asking
 
 
 class SweepLoop:
@@ -155,7 +156,7 @@ class SweepLoop:
         return len(self._recording) + len(self._retries)
 
     def _submit_ready_trials(self) -> None:
-        if self.ctx.config.concurrency == 1 and self._recording:
+        if (self.ctx.config.concurrency == 1 or self.ctx.in_job_time) and self._recording:
             # A sequential sweep proposes each trial knowing every earlier result: the next
             # ask waits until the finished trial is written and told. Asking at once made the
             # proposal depend on how fast the writer thread was (a race seen in the cost
