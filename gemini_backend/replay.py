@@ -13,6 +13,10 @@ progress. No network, no credentials, no extra dependencies. Config::
 
     backend: {kind: replay, curves: data/replay_demo_curves.json, time_scale: 1.0}
 
+With ``clock: simulated`` the sweep runs in job time (``sweeps._replay_clock``): polls,
+prunes, patience stops and cancels happen at the same recorded second at any ``time_scale``,
+which then only paces the real waiting, so the same config and seed give the same sweep.
+
 The curves file format is described in :mod:`gemini_backend._replay_curves`.
 """
 
