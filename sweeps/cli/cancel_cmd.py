@@ -118,6 +118,7 @@ def _cancel(config: SweepConfig, study: optuna.Study, targets: list[optuna.trial
     import optuna
 
     from gemini_backend import create_backend
+    from sweeps._replay_clock import is_simulated
     from sweeps._user_cancel import mark_cancelled
     from sweeps._user_cancel import request_stop
 
@@ -135,6 +136,8 @@ def _cancel(config: SweepConfig, study: optuna.Study, targets: list[optuna.trial
         return
     # Read again: a job submitted since the list was shown has its reference stored now.
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if is_simulated(config.backend):
+        running = []  # its jobs run in the sweep's job time: the sweep cancels them there
     backend = create_backend(config.backend, base_dir=config.config_dir)
     try:
         for frozen in running:

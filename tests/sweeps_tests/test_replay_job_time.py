@@ -45,3 +45,19 @@ def test_the_replay_demo_makes_the_same_sweep_at_any_time_scale(tmp_path, repo_r
     kinds = [reason["kind"] for *_, reason, _ in fast if reason]
     assert ts.CANCEL_PRUNED in kinds and ts.CANCEL_STOPPED in kinds, fast
     assert {state for _, state, *_ in fast} >= {"COMPLETE", "PRUNED"}
+
+
+def test_a_resumed_simulated_sweep_continues_from_its_job_time(tmp_path) -> None:
+    """Job time runs ahead of the wall clock at time_scale < 1: a sweep killed and run again
+    must not start from the wall clock, or its jobs would lose points they had shown."""
+    from sweeps._replay_clock import SimulatedClock
+
+    first = SimulatedClock(pace=0.0, start_s=1_000.0)
+    first.keep_in(tmp_path / "simulated_clock")
+    first.sleep(5_000.0)  # far ahead of the wall clock's 1_000 + a few seconds
+    resumed = SimulatedClock(pace=0.0, start_s=1_010.0)
+    resumed.keep_in(tmp_path / "simulated_clock")
+    assert resumed.now() == 6_000.0
+    later = SimulatedClock(pace=0.0, start_s=9_000.0)  # the wall clock passed it: go on
+    later.keep_in(tmp_path / "simulated_clock")
+    assert later.now() == 9_000.0

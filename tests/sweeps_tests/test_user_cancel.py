@@ -155,14 +155,16 @@ def test_cancel_all_stops_a_running_replay_sweep_and_a_later_run_continues(
     assert max(Counter(created_jobs(config, None)).values()) == 1  # each job created once
 
 
-@pytest.mark.parametrize("kind", ["replay", "local", "gemini-api", "vertex"])
+@pytest.mark.parametrize("kind", ["replay", "replay-simulated", "local", "gemini-api",
+                                  "vertex"])
 def test_cancel_some_trials_the_sweep_goes_on(tmp_path, seed_mlflow, repo_root,
                                               kind: str) -> None:
     overrides: dict = {"search_space": SEARCH_SPACE}
     service_context = nullcontext(None)
-    if kind == "replay":
+    if kind.startswith("replay"):
         write_curves(tmp_path, duration_s=20.0)
-        overrides["backend"] = {"kind": "replay", "curves": "curves.json", "time_scale": 1.0}
+        overrides["backend"] = {"kind": "replay", "curves": "curves.json", "time_scale": 1.0,
+                                "clock": "simulated" if kind.endswith("simulated") else "wall"}
     elif kind == "local":
         shutil.copyfile(repo_root / "configs" / "data" / "next_number.jsonl",
                         tmp_path / "data.jsonl")
@@ -195,7 +197,7 @@ def test_cancel_some_trials_the_sweep_goes_on(tmp_path, seed_mlflow, repo_root,
         assert {t.state for t in others} <= {TrialState.COMPLETE, TrialState.PRUNED}, [
             (t.number, t.user_attrs.get(ts.ATTR_FAIL_REASON)) for t in others]
         if service is None:  # never submitted again
-            created = created_jobs(config, None) if kind == "replay" else [
+            created = created_jobs(config, None) if kind.startswith("replay") else [
                 p.name for p in (tmp_path / "jobs").iterdir() if not p.name.startswith(".")]
             assert len(created) == 3
 
