@@ -334,6 +334,8 @@ class SweepLoop:
         if status.state is JobState.CANCELLED and job.cancel_reason is None:
             # Cancelled by another process that stored why first (a user's cancel command).
             job.cancel_reason = self._stored_cancel_reason(job)
+            if job.cancelled_by_user:  # `cancel --all` stores its stop first: read it now,
+                self._user_cancels.check_soon()  # before this free slot asks a new trial
         if is_terminal:
             # A cancel the sweep decided carries its stored reason (read back on resume, never
             # asked of the pruner again); a CANCELLED job without one was cancelled outside.

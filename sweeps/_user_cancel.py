@@ -85,6 +85,10 @@ class CancelWatch:
         self._next_check_s = clock()
         self.is_stopped = False
 
+    def check_soon(self) -> None:
+        """Make the next :meth:`check` read the study, however recent the last one."""
+        self._next_check_s = float("-inf")
+
     def check(self, held: Iterable[int]) -> CancelRequests | None:
         """The requests concerning the trials ``held`` here; None when not due yet."""
         now = self._clock()
