@@ -148,6 +148,10 @@ class InFlight:
         return self.cancel_reason is not None and self.cancel_reason.kind == CANCEL_PRUNED
 
     @property
+    def cancelled_by_user(self) -> bool:
+        return self.cancel_reason is not None and self.cancel_reason.kind == CANCEL_USER
+
+    @property
     def stopped_after_epoch(self) -> int | None:
         """The last epoch of a job from_curve patience cancelled past its plateau."""
         reason = self.cancel_reason
@@ -185,6 +189,7 @@ class TrialOutcome:
     fail_reason: str | None = None
     checkpoints: tuple[Checkpoint, ...] = ()
     stopped_after_epoch: int | None = None  # from_curve patience cancelled the job here
+    cancelled_by_user: bool = False  # FAIL, its MLflow run KILLED (`gemini-sweep cancel`)
     # Held-out evaluation (sweeps.evaluation.runner): mean score by metric key, e.g. eval_chrf.
     eval_scores: dict[str, float] = field(default_factory=dict)
     eval_rows: tuple[EvalRow, ...] = ()

@@ -2,7 +2,7 @@
 
 A request gets the recorded trial nearest to its knobs (the learning-rate multiplier and the
 batch size compared on a log scale), among those that ran at least the requested epochs; when
-the file holds several recordings of those knobs (seeds), the job's idempotency key picks one,
+the file holds several recordings of those knobs (seeds), the trial's name and seed pick one,
 so trials see run-to-run noise and a resubmitted trial sees the same run again. The
 curve is truncated to the requested epochs and played out in wall-clock time, each point
 revealed ``time_s x time_scale`` seconds after submit (``time_scale: 0`` = at once).
@@ -12,6 +12,10 @@ so a restarted sweep, another process or a new backend object sees the same jobs
 progress. No network, no credentials, no extra dependencies. Config::
 
     backend: {kind: replay, curves: data/replay_demo_curves.json, time_scale: 1.0}
+
+With ``clock: simulated`` the sweep runs in job time (``sweeps._replay_clock``): polls,
+prunes, patience stops and cancels happen at the same recorded second at any ``time_scale``,
+which then only paces the real waiting, so the same config and seed give the same sweep.
 
 The curves file format is described in :mod:`gemini_backend.replay._curves`.
 """
@@ -69,6 +73,9 @@ class ReplayBackendConfig(BackendConfig):
     curves: Path
     time_scale: float = Field(default=1.0, ge=0.0, description="played seconds per recorded s")
     job_root: Path | None = None
+    #: ``simulated``: the sweep plays jobs in job time, so its decisions do not depend on
+    #: the wall clock or the time scale (sweeps._replay_clock); ``wall``: in real time.
+    clock: Literal["wall", "simulated"] = "wall"
 
 
 class ReplayBackend(BaseBackend):
@@ -157,7 +164,7 @@ class ReplayBackend(BaseBackend):
         if existing is not None:
             return existing
         index = nearest_record(self._records, request.knobs(), epochs=request.epochs,
-                               tie_break=request.idempotency_key)
+                               tie_break=_recording_choice(request))
         job = self._new_job(request, index)
         if self._store.create(job):
             logger.info(
@@ -225,8 +232,8 @@ def nearest_record(
     Each knob's difference is divided by its spread over the file, so knobs on different
     scales weigh alike; the multiplier and batch size are compared as logarithms. Records
     equally near (recordings of the same knobs with other seeds) are chosen between by a
-    hash of ``tie_break`` (the job's idempotency key), else the earliest wins: either way the
-    choice is repeatable.
+    hash of ``tie_break`` (the trial's name and dataset seed), else the earliest wins: either
+    way the choice is repeatable.
 
     Raises:
         InvalidRequestError: no record reaches ``epochs``.
@@ -304,6 +311,13 @@ def _status_at(job: ReplayJob, *, now: float) -> JobStatus:
         tuned_model=f"replay/{job.job_id}" if is_complete else None,
         training_tokens=tokens,
     )
+
+
+def _recording_choice(request: JobRequest) -> str:
+    """What picks among recordings of the same knobs: the trial's name and the dataset seed
+    (fixed by the config), not its idempotency key, whose study id is random: the same
+    config and seed then replay the same recordings in every new study."""
+    return f"{request.display_name}/{request.seed}"
 
 
 def _snapshot(point: ReplayPoint) -> LossSnapshot:

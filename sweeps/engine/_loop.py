@@ -31,6 +31,8 @@ from gemini_backend import TransientError
 from gemini_backend import retry_call
 from sweeps import trial_record as ts
 from sweeps._crashpoints import crash_point
+from sweeps._user_cancel import USER_CANCEL
+from sweeps._user_cancel import CancelWatch
 from sweeps.config.schema import SweepConfig
 from sweeps.engine._lease import StudyLeases
 from sweeps.engine._outcome import PreparedData
@@ -75,6 +77,7 @@ class SweepContext:
     worker_id: str
     leases: StudyLeases  # shares the study with other workers (one worker: nobody else)
     evaluator: Evaluator | None = None  # held-out evaluation after each success
+    in_job_time: bool = False  # a simulated replay (sweeps._replay_clock): tell before asking
 
 
 class SweepLoop:
@@ -106,6 +109,7 @@ class SweepLoop:
         # Pruners and patience read validation loss only from a backend that reports it;
         # otherwise (Gemini API) they read training loss, as the trial is scored.
         self._use_eval = bool(ctx.data.validation) and caps.has_validation_loss
+        self._user_cancels = CancelWatch(ctx.study, clock=clock)  # `gemini-sweep cancel`
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -118,6 +122,7 @@ class SweepLoop:
                 self._share_study()
                 self._submit_ready_trials()
                 self._poll_due_jobs()
+                self._apply_user_cancels()
                 self._finish_evaluated()
                 self._record_finished()
                 on_pass()
@@ -151,7 +156,7 @@ class SweepLoop:
         return len(self._recording) + len(self._retries)
 
     def _submit_ready_trials(self) -> None:
-        if self.ctx.config.concurrency == 1 and self._recording:
+        if (self.ctx.config.concurrency == 1 or self.ctx.in_job_time) and self._recording:
             # A sequential sweep proposes each trial knowing every earlier result: the next
             # ask waits until the finished trial is written and told. Asking at once made the
             # proposal depend on how fast the writer thread was (a race seen in the cost
@@ -329,6 +334,8 @@ class SweepLoop:
         if status.state is JobState.CANCELLED and job.cancel_reason is None:
             # Cancelled by another process that stored why first (a user's cancel command).
             job.cancel_reason = self._stored_cancel_reason(job)
+            if job.cancelled_by_user:  # `cancel --all` stores its stop first: read it now,
+                self._user_cancels.check_soon()  # before this free slot asks a new trial
         if is_terminal:
             # A cancel the sweep decided carries its stored reason (read back on resume, never
             # asked of the pruner again); a CANCELLED job without one was cancelled outside.
@@ -362,6 +369,37 @@ class SweepLoop:
                 return ts.CancelReason(ts.CANCEL_STOPPED, epoch, f"stopped after epoch "
                                        f"{epoch}: {self._patience} epochs without a new best")
         return None
+
+    def _apply_user_cancels(self) -> None:
+        """Cancel the trials a user cancelled (`gemini-sweep cancel`); on a stop, every job
+        held here, and ask no new trial. The command cancels the jobs too: this covers the
+        ones it could not see or reach (asked meanwhile, a submit in progress)."""
+        requests = self._user_cancels.check(self.state.in_flight)
+        if requests is None:
+            return
+        numbers = set(requests.trial_numbers)
+        if requests.is_stop:
+            for job in self.state.stop_by_user(USER_CANCEL.message):  # asked, never submitted
+                job.cancel_reason = USER_CANCEL
+                self._finish(job, failed_outcome(job, USER_CANCEL.message))
+            numbers |= set(self.state.in_flight)
+        for number in sorted(numbers):
+            job = self.state.in_flight[number]
+            if job.cancel_reason is None and not job.last_state.is_terminal():
+                self._cancel_for_user(job)
+
+    def _cancel_for_user(self, job: InFlight) -> None:
+        try:
+            if job.ref is None and job.submit_attempts > 0:  # a submit may have landed
+                job.ref = self.ctx.backend.find(job.key)
+            if job.ref is None:
+                job.cancel_reason = USER_CANCEL
+                job.trial.set_user_attr(ts.ATTR_CANCEL_REASON, USER_CANCEL.to_dict())
+                self._finish(job, failed_outcome(job, USER_CANCEL.message))
+                return
+            self._decide_cancel(job, USER_CANCEL)
+        except BackendError as exc:  # its reason is stored: the next check or run tries again
+            logger.warning("trial=%d cancel failed (%s); trying again", job.number, exc.message)
 
     def _stored_cancel_reason(self, job: InFlight) -> ts.CancelReason | None:
         """The reason on the trial in storage now (this process's copy is a cache)."""

@@ -91,7 +91,7 @@ def outcome_of(config: SweepConfig, job: InFlight, *, final_state: JobState) -> 
         base["stopped_after_epoch"] = stopped_after
     elif final_state is not JobState.SUCCEEDED:
         return TrialOutcome(state=TrialState.FAIL, fail_reason=_failure_reason(job, final_state),
-                            **base)
+                            cancelled_by_user=job.cancelled_by_user, **base)
     quality = config.objectives[0]
     try:
         plateau = find_plateau(train, evaluation, **config.plateau.model_dump())
@@ -154,4 +154,4 @@ def failed_outcome(job: InFlight, reason: str) -> TrialOutcome:
     """A trial whose job could not be submitted or vanished: FAIL with the reason."""
     return TrialOutcome(number=job.number, state=TrialState.FAIL, knobs=dict(job.knobs),
                         key=job.key, job_ref=job.ref, snapshots=job.snapshots,
-                        fail_reason=reason)
+                        fail_reason=reason, cancelled_by_user=job.cancelled_by_user)

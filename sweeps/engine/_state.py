@@ -262,6 +262,13 @@ class SweepState:
         return budget.check_trial(self.config.budget, estimate=estimate,
                                   spent=self.spent_tokens, committed=self.committed_tokens)
 
+    def stop_by_user(self, reason: str) -> list[InFlight]:
+        """Ask no more trials; returns the trials asked ahead (never submitted) to finish."""
+        self._stop_asking(reason)
+        dropped = list(self._ahead)
+        self._ahead.clear()
+        return dropped
+
     def _stop_asking(self, reason: str) -> None:
         if not self._no_more_trials:
             logger.warning("no more trials: %s", reason)
@@ -276,10 +283,11 @@ class SweepState:
         self.committed_tokens -= job.committed_tokens
         self.spent_tokens += outcome.training_tokens + outcome.eval_tokens
         # Counted now, not at tell, so no new job starts while the stop is decided.
-        if outcome.state is TrialState.FAIL:
+        # A trial the user cancelled says nothing about the service or the config.
+        if outcome.state is TrialState.FAIL and not job.cancelled_by_user:
             self.consecutive_failures += 1
             self.last_failure = outcome.fail_reason or "no reason given"
-        else:
+        elif outcome.state is not TrialState.FAIL:
             self.consecutive_failures = 0
 
     def tell(self, study: optuna.Study, outcome: TrialOutcome, *, run_id: str | None) -> None:

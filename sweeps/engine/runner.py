@@ -33,6 +33,7 @@ from sweeps import trial_record as ts
 from sweeps._embedded_stores import StoreError
 from sweeps._embedded_stores import disk_full_in_words
 from sweeps._embedded_stores import ensure_optuna_store
+from sweeps._replay_clock import simulated_replay
 from sweeps.config.schema import SweepConfig
 from sweeps.data.dataset import load_dataset
 from sweeps.engine._dataset_identity import check_dataset_unchanged
@@ -124,6 +125,9 @@ def run_sweep(
     """
     data = prepare_data(config)
     owns_backend = backend is None
+    simulated = simulated_replay(config) if backend is None else None
+    if simulated is not None:  # a replay in job time: its clock drives the loop too
+        backend, clock, sleep = simulated.backend, simulated.clock.now, simulated.clock.sleep
     backend = backend or create_backend(config.backend, base_dir=config.config_dir)
     try:
         backend.check_search_space(knob_names(config.search_space))
@@ -148,7 +152,7 @@ def run_sweep(
             try:
                 return _drive(config, study, backend, tracker, data, sweep_id, leases,
                               progress=progress, clock=clock, sleep=sleep,
-                              evaluator=evaluator)
+                              evaluator=evaluator, in_job_time=simulated is not None)
             except sqlalchemy.exc.OperationalError as exc:
                 raise StorageUnavailable.from_error(config.storage_url, exc) from None
             finally:
@@ -164,10 +168,11 @@ def run_sweep(
 def _drive(config: SweepConfig, study: optuna.Study, backend: BaseBackend, tracker: Tracker,
            data: PreparedData, sweep_id: str, leases: StudyLeases, *,
            progress: ProgressCallback | None, clock: Callable[[], float],
-           sleep: Callable[[float], None], evaluator: Evaluator | None = None) -> SweepResult:
+           sleep: Callable[[float], None], evaluator: Evaluator | None = None,
+           in_job_time: bool = False) -> SweepResult:
     ctx = SweepContext(config=config, study=study, backend=backend, tracker=tracker,
                        data=data, sweep_id=sweep_id, worker_id=leases.worker_id, leases=leases,
-                       evaluator=evaluator)
+                       evaluator=evaluator, in_job_time=in_job_time)
     state = SweepState(config, study, tokens_per_epoch=data.tokens_per_epoch)
     adopted = state.adopt_running_trials(ctx, clock())
     if adopted:

@@ -248,7 +248,8 @@ class MlflowTracker:
         self._write_artifacts(client, run_id, outcome)
         self._curves[outcome.number] = (outcome.train_epoch_loss, outcome.eval_epoch_loss,
                                         outcome.plateau_epoch)
-        writer.set_status(client, run, _RUN_STATUS[outcome.state])
+        writer.set_status(client, run, "KILLED" if outcome.cancelled_by_user
+                          else _RUN_STATUS[outcome.state])
         return run_id
 
     def _write_artifacts(self, client: MlflowClient, run_id: str,
