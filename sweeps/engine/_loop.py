@@ -431,6 +431,10 @@ class SweepLoop:
             logger.warning("trial=%d job=%s cancel failed (%s); its reason is stored, so the "
                            "next `gemini-sweep run` cancels it", job.number, ref.job_id,
                            exc.message)
+        except BackendError as exc:
+            # A refusal, not an outage: a service refuses to cancel a job it counts as ended.
+            logger.warning("trial=%d job=%s cancel refused (%s); the job may have ended "
+                           "already", job.number, ref.job_id, exc.message)
         try:  # the points reported up to the cancel belong in the record too
             job.snapshots = self.ctx.backend.poll(job.ref).snapshots or job.snapshots
         except BackendError as exc:

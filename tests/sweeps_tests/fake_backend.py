@@ -20,6 +20,7 @@ from gemini_backend import BackendConfig
 from gemini_backend import BaseBackend
 from gemini_backend import Capabilities
 from gemini_backend import CreateUnsettled
+from gemini_backend import InvalidRequestError
 from gemini_backend import JobNotFound
 from gemini_backend import JobRef
 from gemini_backend import JobRequest
@@ -83,6 +84,7 @@ class FakeBackend(BaseBackend):
     transient_polls: int = 0  # the next N polls raise TransientError
     transient_submits: int = 0
     unsettled_submits: int = 0  # the next N submits say a lost create is not settled yet
+    cancel_refusal: str | None = None  # every cancel refused with this (a job that ended)
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     submits: list[str] = field(default_factory=list)
     polls: int = 0
@@ -145,6 +147,8 @@ class FakeBackend(BaseBackend):
 
     def cancel(self, ref: JobRef) -> None:
         job = self.jobs[ref.job_id]
+        if self.cancel_refusal is not None:
+            raise InvalidRequestError(self.cancel_refusal, status_code=400)
         self.cancels.append(ref.job_id)
         if job.cancelled_s is None:
             job.cancelled_s = self.clock()

@@ -164,6 +164,24 @@ def test_median_pruner_cancels_a_clearly_bad_trial(make_config, clock) -> None:
     assert result.n_pruned == 1 and result.n_complete == 2
 
 
+def test_a_cancel_the_service_refuses_leaves_the_sweep_running(make_config, clock) -> None:
+    """A service may refuse to cancel a job it considers ended (the Gemini API answers 400
+    for an operation it no longer lists); the prune is still recorded and the sweep goes on
+    instead of stopping on an uncaught error."""
+    config = make_config(n_trials=3, concurrency=1, search_space={
+        "epochs": {"value": 4},
+        "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}},
+        pruner={"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 2})
+    study = open_study(config)
+    for multiplier in (1.0, 1.1, 10.0):
+        study.enqueue_trial({"learning_rate_multiplier": multiplier})
+    backend = FakeBackend(clock=clock, cancel_refusal="the job lists no running operation")
+    result = run(config, backend, clock)
+    assert [t.state for t in open_study(config).get_trials()] == [
+        TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    assert result.n_pruned == 1 and result.n_complete == 2
+
+
 def test_budget_that_fits_k_trials_submits_exactly_k(make_config, clock) -> None:
     config = make_config(n_trials=10, concurrency=2)
     tokens_per_trial = prepare_data(config).tokens_per_epoch * 3
