@@ -147,6 +147,7 @@ def recommend(trial: TrialRecord) -> Recommendation:
     if flags.get("flat"):
         notes.append("flat: the loss hardly moved; the model may already do this task, or "
                      "the learning rate is too low.")
+    schedule_differs = plateau is not None and plateau != epochs_run
     if trial.epochs_mode == FROM_CURVE and plateau is not None:
         notes.append(f"epochs from the curve (search_space.epochs mode from_curve): "
                      f"{schedule_caveat(epochs=int(epochs), max_epochs=epochs_run)}")
@@ -156,8 +157,13 @@ def recommend(trial: TrialRecord) -> Recommendation:
                      "patience). Deploy a kept checkpoint of that job if the service has one "
                      "(the local backend keeps them; whether Vertex keeps those of a cancelled "
                      f"job is not documented); otherwise tune again with epochs = {epochs}.")
-    if plateau is not None and plateau != epochs_run:
-        notes.append(_schedule_note(plateau, epochs_run, checkpoint))
+    if schedule_differs:
+        assert plateau is not None
+        # from_curve's note above already gives the schedule caveat: add only the checkpoint.
+        if trial.epochs_mode != FROM_CURVE:
+            notes.append(_schedule_note(plateau, epochs_run, checkpoint))
+        elif checkpoint:
+            notes.append(_checkpoint_note(plateau, checkpoint))
         if checkpoint is None and trial.checkpoints:
             notes.append(_no_checkpoint_note(trial, plateau))
     return Recommendation(epochs=int(epochs), epochs_run=epochs_run, plateau_epoch=plateau,
@@ -170,10 +176,14 @@ def _schedule_note(plateau: int, epochs_run: int, checkpoint: str | None) -> str
             f" the service's learning-rate schedule may make epoch {plateau} of a "
             f"{epochs_run}-epoch job differ from a {plateau}-epoch job.")
     if checkpoint:
-        return note + (f" On Vertex, checkpoint {checkpoint} of the tuned model is epoch "
-                       f"{plateau}: deploy it instead of tuning again.")
+        return f"{note} {_checkpoint_note(plateau, checkpoint)}"
     return note + (" Where the service keeps per-epoch checkpoints (Vertex), deploying the "
                    "plateau epoch's checkpoint of the original job avoids that difference.")
+
+
+def _checkpoint_note(plateau: int, checkpoint: str) -> str:
+    return (f"The job kept checkpoint {checkpoint} at epoch {plateau}: deploy it instead of "
+            "tuning again.")
 
 
 def _no_checkpoint_note(trial: TrialRecord, epoch: int) -> str:

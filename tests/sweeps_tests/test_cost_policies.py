@@ -86,6 +86,8 @@ def test_from_curve_runs_max_epochs_and_recommends_the_plateau_epoch(make_config
     assert exported.recommendation.epochs_run == 8
     assert any("from_curve" in note and "learning-rate schedule" in note
                for note in exported.recommendation.notes)
+    # Said once: a second note repeating the caveat is noise a user reads twice.
+    assert sum("learning-rate schedule" in note for note in exported.recommendation.notes) == 1
 
 
 def test_from_curve_sets_the_budget_and_grid_to_max_epochs(make_config) -> None:
