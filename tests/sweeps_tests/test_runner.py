@@ -146,7 +146,8 @@ def test_a_success_resets_the_consecutive_failure_count(make_config, clock) -> N
     assert (result.n_complete, result.n_failed) == (2, 3)
 
 
-def test_median_pruner_cancels_a_clearly_bad_trial(make_config, clock) -> None:
+def _median_pruned_sweep(make_config):
+    """Three trials at 4 epochs, the third clearly bad: the median pruner stops it."""
     config = make_config(n_trials=3, concurrency=1, search_space={
         "epochs": {"value": 4},
         "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}},
@@ -154,6 +155,11 @@ def test_median_pruner_cancels_a_clearly_bad_trial(make_config, clock) -> None:
     study = open_study(config)
     for multiplier in (1.0, 1.1, 10.0):
         study.enqueue_trial({"learning_rate_multiplier": multiplier})
+    return config
+
+
+def test_median_pruner_cancels_a_clearly_bad_trial(make_config, clock) -> None:
+    config = _median_pruned_sweep(make_config)
     backend = FakeBackend(clock=clock)
     result = run(config, backend, clock)
 
@@ -168,13 +174,7 @@ def test_a_cancel_the_service_refuses_leaves_the_sweep_running(make_config, cloc
     """A service may refuse to cancel a job it considers ended (the Gemini API answers 400
     for an operation it no longer lists); the prune is still recorded and the sweep goes on
     instead of stopping on an uncaught error."""
-    config = make_config(n_trials=3, concurrency=1, search_space={
-        "epochs": {"value": 4},
-        "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}},
-        pruner={"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 2})
-    study = open_study(config)
-    for multiplier in (1.0, 1.1, 10.0):
-        study.enqueue_trial({"learning_rate_multiplier": multiplier})
+    config = _median_pruned_sweep(make_config)
     backend = FakeBackend(clock=clock, cancel_refusal="the job lists no running operation")
     result = run(config, backend, clock)
     assert [t.state for t in open_study(config).get_trials()] == [
