@@ -6,9 +6,9 @@ local jobs, batch size 8/16/32 x eight learning-rate multipliers 0.3-10, 8 epoch
 recorded with 3 seeds) through
 ``sweeps.run_sweep`` and the replay backend, on a simulated clock (no waiting: the clock jumps
 to the next poll), with a tracker that only keeps the outcomes. The replay serves each trial
-one seed of its cell (chosen by the trial's idempotency key), as real training varies run to
-run; the keys are fixed per benchmark seed, so a rerun prints the same table and every
-method meets the same runs (a paired comparison).
+one seed of its cell (chosen by the trial's name, which holds the benchmark seed), as real
+training varies run to run; so a rerun prints the same table and every method meets the same
+runs (a paired comparison).
 
 Two search spaces, because the services differ:
 
@@ -69,8 +69,8 @@ cannot set it, among the cells the space can propose. A sweep that never reaches
 the target, e.g. ``0.72 (28/30)``.
 
 ``--leave-one-out`` also runs the policy grid of ``leave_one_out.policy_candidates`` (behind-
-leader pruner ratio and start epoch or none, patience or none, start trials; ``--candidates``
-narrows it) and, for each set, reports the candidate chosen on the *other* sets only
+leader pruner ratio and start epoch, sparing trials that catch up or not, or no pruner;
+patience or none; start trials; ``--candidates`` narrows it) and, for each set, reports the candidate chosen on the *other* sets only
 (safety first: every cell reaching the target in 90% of sweeps, then the lowest geometric
 mean), with reach rates, and the geometric mean over the held-out cells.
 
@@ -113,16 +113,15 @@ import optuna
 from gemini_backend import LossSnapshot
 from gemini_backend.errors import InvalidRequestError
 from gemini_backend.replay.backend import ReplayBackend
+from gemini_backend.replay.backend import ReplayRecord
 from gemini_backend.replay.backend import load_curves
 from gemini_backend.replay.backend import nearest_record
 from sweeps import SweepConfig
 from sweeps.config.schema import PlateauConfig
-from sweeps.engine.runner import open_study
 from sweeps.engine.runner import run_sweep
 from sweeps.plateau.analysis import epoch_means
 from sweeps.plateau.analysis import find_plateau
 from sweeps.tracking.tracker import NullTracker
-from sweeps.trial_record import STUDY_ATTR_SWEEP_ID
 from sweeps.trial_record import TrialOutcome
 
 # Run as a script (and in the spawned workers) the modules beside it import by name.
@@ -267,7 +266,7 @@ def make_config(folder: Path, dataset: str, space: str, method: dict[str, Any], 
     """A replay sweep over the curves file ``dataset`` (a path)."""
     method = method_for(method, _truth(dataset).grid, space)
     data: dict[str, Any] = {
-        "name": "bench", "dataset": {"path": str(_examples_beside(dataset)),
+        "name": f"bench-{seed}", "dataset": {"path": str(_examples_beside(dataset)),
                                      "validation_split": 0.15, "seed": 0},
         "backend": {"kind": "replay", "curves": str(curves_path(dataset)),
                     "time_scale": _time_scale(dataset), "job_root": str(folder / "jobs")},
@@ -320,13 +319,23 @@ class Truth:
         return target_of(self.records, self.field, batch_size=batch)
 
     def quality(self, outcome: TrialOutcome, epoch: int) -> tuple[float, float]:
-        record = self.records[nearest_record(self.records, outcome.knobs, epochs=1,
-                                             tie_break=outcome.key)]
-        recorded = loss_by_epoch(record, "eval_loss")
-        served = outcome.eval_epoch_loss or ()
-        if any(abs(recorded[e] - loss) > 1e-9 for e, loss in enumerate(served, start=1)):
-            raise AssertionError(f"trial {outcome.number}: the replay served another record")
+        record = self.served(outcome)
         return loss_by_epoch(record, self.field)[epoch], self.cell_mean[cell_of(record)][epoch]
+
+    def served(self, outcome: TrialOutcome) -> ReplayRecord:
+        """The recording the replay served the trial: of the trial's cell, the one whose
+        validation curve it reported (read from what it reported, not from how the replay
+        picks among a cell's seeds; recordings that report the same are judged alike)."""
+        cell = cell_of(self.records[nearest_record(self.records, outcome.knobs, epochs=1)])
+        served = outcome.eval_epoch_loss or ()
+        matches = [r for r in self.records if cell_of(r) == cell
+                   and all(abs(loss_by_epoch(r, "eval_loss")[e] - loss) <= 1e-9
+                           for e, loss in enumerate(served, start=1))]
+        if len({tuple(loss_by_epoch(r, self.field).items()) for r in matches}) != 1:
+            raise AssertionError(f"trial {outcome.number}: {len(matches)} recordings of cell "
+                                 f"{cell} match the curve it reported, and their "
+                                 f"{self.field} differs")
+        return matches[0]
 
     @cache  # noqa: B019 (one Truth per dataset, kept for the run)
     def at_plateau(self, index: int) -> Served:
@@ -366,10 +375,6 @@ def run_one(task: tuple[str, str, str, int, int, int]) -> tuple[tuple[str, str, 
         folder = Path(tmp)
         config = make_config(folder, dataset, space, ALL_METHODS[method], seed=seed,
                              n_trials=n_trials, concurrency=concurrency)
-        # The study's id goes into every idempotency key, and the key picks which seed of a
-        # cell the replay serves: fixed per benchmark seed, the served runs repeat and are
-        # the same for every method (paired comparison), not random per run.
-        open_study(config).set_user_attr(STUDY_ATTR_SWEEP_ID, f"{seed:032d}")
         clock = SimClock()
         backend = ReplayBackend(config.backend, base_dir=folder, clock=clock)  # type: ignore[arg-type]
         tracker = RecordingTracker(clock)

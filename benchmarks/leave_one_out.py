@@ -92,8 +92,11 @@ def leave_one_set_out(candidates: Sequence[str], sets: Sequence[str],
     return figures
 
 
-def policy_candidates(*, pruners: Sequence[tuple[float, int] | None] = (None, (1.3, 2),
-                                                                         (2.0, 4)),
+LeaderPruner = tuple[float, int, bool]  # behind_leader's ratio, min_epochs, spare_catching_up
+
+
+def policy_candidates(*, pruners: Sequence[LeaderPruner | None] = (
+                          None, (1.3, 2, False), (1.3, 2, True), (2.0, 4, False)),
                       patiences: Sequence[int | None] = (None, 2, 4),
                       start_trials: Sequence[int] = (6, 10)) -> dict[str, dict[str, Any]]:
     """Sweep-config fragments of the policy grid, by a name that spells the numbers.
@@ -105,11 +108,16 @@ def policy_candidates(*, pruners: Sequence[tuple[float, int] | None] = (None, (1
             epochs["patience"] = patience
         method: dict[str, Any] = {"epochs": epochs, "sampler": {
             "n_startup_trials": start, "start": "stratified"}}
+        pruner_name = "no-pruner"
         if pruner is not None:
-            method["pruner"] = {"kind": "behind_leader", "ratio": pruner[0],
-                                "min_epochs": pruner[1]}
-        name = (("no-pruner" if pruner is None else f"leader{pruner[0]}@{pruner[1]}")
-                + ("/no-patience" if patience is None else f"/patience{patience}")
+            ratio, min_epochs, spare = pruner
+            method["pruner"] = {"kind": "behind_leader", "ratio": ratio,
+                                "min_epochs": min_epochs}
+            pruner_name = f"leader{ratio}@{min_epochs}"
+            if spare:
+                method["pruner"]["spare_catching_up"] = True
+                pruner_name += "+spare"
+        name = (pruner_name + ("/no-patience" if patience is None else f"/patience{patience}")
                 + f"/start{start}")
         candidates[name] = method
     return candidates

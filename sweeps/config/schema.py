@@ -116,6 +116,9 @@ class LeaderGapPrunerConfig(Strict):
     ratio: float = Field(default=1.3, gt=1.0, description="how far behind the leader")
     min_epochs: int = Field(default=2, ge=1, le=MAX_EPOCHS,
                             description="epochs before any cancel")
+    spare_catching_up: bool = Field(
+        default=False, description="keep a job whose gap to the leader, shrinking at the "
+        "pace of its last epoch, would close by its last epoch")
 
 
 _PRUNER_MODELS = (NoPruner, MedianPrunerConfig, PatientPrunerConfig, HyperbandPrunerConfig,
@@ -134,7 +137,12 @@ class PlateauConfig(Strict):
 
     smoothing: float = Field(default=0.3, ge=0.0, lt=1.0, description="EMA weight per epoch")
     tolerance: float = Field(default=0.03, gt=0.0, lt=1.0,
-                             description="fraction of the loss range above the minimum")
+                             description="fraction of the training loss range above the "
+                             "minimum that counts as the plateau")
+    validation_tolerance: float = Field(
+        default=0.03, gt=0.0, lt=1.0,
+        description="the same on validation loss, which a job with a validation split is "
+        "judged by")
     convergence_threshold: float = Field(default=0.02, gt=0.0,
                                          description="relative fall over the last epoch that "
                                          "still counts as 'not converged'")

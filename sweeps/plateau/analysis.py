@@ -126,6 +126,7 @@ def find_plateau(
     *,
     smoothing: float = 0.3,
     tolerance: float = 0.03,
+    validation_tolerance: float | None = None,
     convergence_threshold: float = 0.02,
     spike_threshold: float = 0.25,
 ) -> PlateauResult:
@@ -138,7 +139,11 @@ def find_plateau(
         smoothing: EMA weight in [0, 1): TensorBoard's debiased formula, run from the last
             epoch back so that it does not delay the pick (see ``ema_smooth``).
         tolerance: fraction of the smoothed loss range above the minimum that still counts
-            as "the same performance".
+            as "the same performance", on training loss.
+        validation_tolerance: the same on validation loss (default ``tolerance``). A training
+            loss falls to the end, so only a tolerance finds where it levels off; a
+            validation loss has a real minimum, and an epoch picked well before it gives
+            up quality a sweep's selection then never sees (benchmarks/plateau_regret.py).
         convergence_threshold: relative fall per epoch at the end that means "still falling".
         spike_threshold: relative rise between two epochs, before the minimum, that counts as
             a spike; no epoch before the spike resolves is picked.
@@ -146,8 +151,13 @@ def find_plateau(
     Raises:
         ValueError: empty input, no finite loss, mismatched lengths, or an option out of range.
     """
-    _check_options(smoothing, tolerance, convergence_threshold, spike_threshold)
+    if validation_tolerance is None:
+        validation_tolerance = tolerance
+    for option in (tolerance, validation_tolerance):
+        _check_options(smoothing, option, convergence_threshold, spike_threshold)
     curve, used_validation = _choose_curve(train_loss, eval_loss)
+    if used_validation:
+        tolerance = validation_tolerance
     smoothed = ema_smooth(curve, smoothing, reverse=True)
     facts = analyse_curve(
         curve, smoothed, tolerance=tolerance, convergence_threshold=convergence_threshold,

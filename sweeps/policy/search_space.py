@@ -175,5 +175,7 @@ def make_pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
             min_resource=pruner.min_epochs, reduction_factor=pruner.reduction_factor,
             min_early_stopping_rate=pruner.min_early_stopping_rate)
     if isinstance(pruner, LeaderGapPrunerConfig):
-        return LeaderGapPruner(ratio=pruner.ratio, min_epochs=pruner.min_epochs)
+        return LeaderGapPruner(ratio=pruner.ratio, min_epochs=pruner.min_epochs,
+                               spare_catching_up=pruner.spare_catching_up,
+                               max_epochs=max_epochs(config.search_space))
     return optuna.pruners.NopPruner()

@@ -39,8 +39,11 @@ def _rule(pruner_setting: str | None) -> str:
         pruner = {}
     kind = pruner.get("kind", "the pruner")
     if kind == "behind_leader":
-        return (f"behind_leader: the loss was more than {pruner.get('ratio')} x the lowest "
+        rule = (f"behind_leader: the loss was more than {pruner.get('ratio')} x the lowest "
                 "loss another trial had at that epoch")
+        if pruner.get("spare_catching_up"):
+            rule += ", and the gap was not closing fast enough to catch up by the last epoch"
+        return rule
     if kind == "median":
         return "median: the loss was worse than the median of earlier trials at that epoch"
     if kind in ("successive_halving", "hyperband"):

@@ -262,6 +262,46 @@ def test_behind_leader_compares_losses_in_a_maximized_study_too() -> None:
         LeaderGapPruner(ratio=1.0)
 
 
+def _leader_study(pruner: LeaderGapPruner) -> optuna.Study:
+    """A study whose finished leader learned fast: 1.0, 0.5, then flat."""
+    study = optuna.create_study(pruner=pruner)
+    leader = study.ask()
+    for epoch, loss in enumerate((1.0, 0.5, 0.45, 0.44), start=1):
+        leader.report(loss, epoch)
+    study.tell(leader, 0.44)
+    return study
+
+
+def _behind_at_epoch_2(study: optuna.Study, first: float, second: float) -> bool:
+    trial = study.ask()
+    trial.report(first, 1)
+    trial.report(second, 2)
+    return trial.should_prune()
+
+
+def test_behind_leader_spares_a_late_learner_that_is_closing_the_gap() -> None:
+    # At epoch 2 both trail the leader (0.5) by 1.6x. The late learner went from 2.0x to
+    # 1.6x behind in one epoch: at that pace it catches up well before epoch 8. The slow
+    # one went from 1.0x to 1.6x behind: its gap grows, it is cancelled either way.
+    sparing = LeaderGapPruner(ratio=1.3, min_epochs=2, spare_catching_up=True, max_epochs=8)
+    plain = LeaderGapPruner(ratio=1.3, min_epochs=2)
+    late, slow = (2.0, 0.8), (1.0, 0.8)
+    assert not _behind_at_epoch_2(_leader_study(sparing), *late)
+    assert _behind_at_epoch_2(_leader_study(plain), *late)
+    assert _behind_at_epoch_2(_leader_study(sparing), *slow)
+
+
+def test_behind_leader_cancels_a_late_learner_that_cannot_catch_up_in_its_epochs() -> None:
+    # Closing the gap by a factor 1.25 an epoch, 1.6x behind needs about 2 more epochs:
+    # a 3-epoch job has 1 left, an 8-epoch job has 6.
+    short = LeaderGapPruner(ratio=1.3, min_epochs=2, spare_catching_up=True, max_epochs=3)
+    long_ = LeaderGapPruner(ratio=1.3, min_epochs=2, spare_catching_up=True, max_epochs=8)
+    assert _behind_at_epoch_2(_leader_study(short), 2.0, 0.8)
+    assert not _behind_at_epoch_2(_leader_study(long_), 2.0, 0.8)
+    with pytest.raises(ValueError, match="max_epochs"):
+        LeaderGapPruner(spare_catching_up=True)
+
+
 class NoValidationFake(FakeBackend):
     """A backend that reports training loss only, as the Gemini API does."""
 

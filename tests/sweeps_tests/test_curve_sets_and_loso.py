@@ -132,7 +132,7 @@ def test_one_set_cannot_be_left_out() -> None:
         leave_one_out.leave_one_set_out(["x"], ["a"], {("x", "a"): cells(1.0)})
 
 
-def test_the_candidate_grid_holds_no_pruner_and_no_patience() -> None:
+def test_the_candidate_grid_holds_no_pruner_no_patience_and_a_sparing_pruner() -> None:
     candidates = leave_one_out.policy_candidates()
     assert "no-pruner/no-patience/start6" in candidates
     assert "pruner" not in candidates["no-pruner/no-patience/start6"]
@@ -141,6 +141,8 @@ def test_the_candidate_grid_holds_no_pruner_and_no_patience() -> None:
         "epochs": {"mode": "from_curve", "patience": 2},
         "sampler": {"n_startup_trials": 6, "start": "stratified"},
         "pruner": {"kind": "behind_leader", "ratio": 1.3, "min_epochs": 2}}
+    assert candidates["leader1.3@2+spare/no-patience/start10"]["pruner"] == {
+        "kind": "behind_leader", "ratio": 1.3, "min_epochs": 2, "spare_catching_up": True}
     assert geomean_of([0.5, 2.0]) == pytest.approx(1.0)
 
 
