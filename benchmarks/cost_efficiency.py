@@ -70,9 +70,10 @@ the target, e.g. ``0.72 (28/30)``.
 
 ``--leave-one-out`` also runs the policy grid of ``leave_one_out.policy_candidates`` (behind-
 leader pruner ratio and start epoch, sparing trials that catch up or not, or no pruner;
-patience or none; start trials; ``--candidates`` narrows it) and, for each set, reports the candidate chosen on the *other* sets only
-(safety first: every cell reaching the target in 90% of sweeps, then the lowest geometric
-mean), with reach rates, and the geometric mean over the held-out cells.
+patience or none; start trials; ``--candidates`` narrows it) and, for each set, reports the
+candidate chosen on the *other* sets only (safety first: every cell reaching the target in
+90% of sweeps, then the lowest geometric mean), with reach rates, and the geometric mean
+over the held-out cells.
 
 ``--oracle-bound`` (concurrency 1) also prints, per method, what reaching the target would
 have cost with the same proposals and a perfect pruner: every trial before the one that

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections import Counter
 from dataclasses import asdict
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ SUBMISSIONS_LOG_NAME = "submissions.log"
 _SLUG_MAX_CHARS = 48
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_PARSED_JOBS_KEPT = 1024  # jobs in flight at once are far fewer
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,11 @@ class ReplayJobStore:
 
     def __init__(self, job_root: Path) -> None:
         self.job_root = job_root
+        # Parsed jobs by file identity: every poll reads every job in flight, and parsing a
+        # long curve each time was most of a simulated sweep's time. A create or update
+        # replaces the file (a new inode), so a changed job is never served from here.
+        self._parsed: dict[Path, tuple[tuple[int, int, int], ReplayJob]] = {}
+        self._parsed_lock = threading.Lock()
 
     def path_of(self, job_id: str) -> Path | None:
         """The job's file, or ``None`` for an id no job of ours can have (e.g. ``../x``)."""
@@ -113,15 +120,28 @@ class ReplayJobStore:
         if path is None:
             return None
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as file:
+                stat = os.fstat(file.fileno())
+                identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+                with self._parsed_lock:
+                    cached = self._parsed.get(path)
+                if cached is not None and cached[0] == identity:
+                    return cached[1]
+                data = file.read()
         except FileNotFoundError:
             return None
         try:
-            return ReplayJob.from_dict(json.loads(text))
+            job = ReplayJob.from_dict(json.loads(data.decode("utf-8")))
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(
                 f"{path}: damaged replay job file ({exc}); delete it to forget the job"
             ) from exc
+        with self._parsed_lock:
+            self._parsed.pop(path, None)
+            if len(self._parsed) >= _PARSED_JOBS_KEPT:  # the one parsed longest ago goes
+                self._parsed.pop(next(iter(self._parsed)))
+            self._parsed[path] = (identity, job)
+        return job
 
     def create(self, job: ReplayJob) -> bool:
         """Store a new job; ``False`` (nothing written) when the job already exists."""

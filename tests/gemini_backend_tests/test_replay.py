@@ -239,6 +239,23 @@ def test_cancel_keeps_the_points_played_so_far(tmp_path) -> None:
     assert reopened.poll(ref) == status
 
 
+def test_a_cancel_by_another_process_reaches_a_backend_that_read_the_job_before(
+        tmp_path) -> None:
+    # Each backend keeps the jobs it parsed; a cancel written by another one (another
+    # worker, or `gemini-sweep cancel`) must still show at its next poll.
+    clock = FakeClock()
+    start = clock.now
+    polling = build(tmp_path, [make_record(1.0)], time_scale=0.5, clock=clock)
+    ref = polling.submit(request("k", epochs=3))
+    clock.now = start + 1.2
+    assert polling.poll(ref).state is JobState.RUNNING
+    build(tmp_path, [make_record(1.0)], time_scale=0.5, clock=clock).cancel(ref)
+    clock.now = start + 100.0
+    status = polling.poll(ref)
+    assert status.state is JobState.CANCELLED
+    assert [s.step for s in status.snapshots] == [1, 2]
+
+
 def test_a_cancelled_job_is_billed_for_the_steps_it_trained(tmp_path) -> None:
     # As the local backend that recorded the curves reports it: 1 epoch and 1 of the 2
     # steps of the second, not 2 whole epochs.
