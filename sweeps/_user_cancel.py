@@ -6,6 +6,9 @@
 - a cancelled trial carries ``cancel_reason = {"kind": "user", ...}`` (written before its job
   is cancelled, as every cancel of the sweep): the worker that drives it records it FAIL with
   that reason, and a resumed sweep does likewise; it is never submitted again;
+- after the reasons, the command writes a fresh *request mark* on the study: a worker reads
+  one study attribute per check and reads the running trials only when that mark moved
+  (reading every running trial each second was most of a fast sweep's loop time);
 - ``cancel --all`` also writes a *stop mark* on the study, a fresh id each time. A worker
   remembers the mark it found when it started and stops when the mark changes: it asks no
   new trial, cancels the jobs it still holds, records them and exits. A `run` started
@@ -28,6 +31,9 @@ from sweeps import trial_record as ts
 
 #: Study user attribute: ``{"id": str, "at": ISO time}``, rewritten by each `cancel --all`.
 STUDY_ATTR_STOP = "gemini_sweep.stop"
+#: Study user attribute: ``{"id": str, "at": ISO time}``, rewritten by each `cancel` once the
+#: trials' reasons are stored.
+STUDY_ATTR_REQUESTS = "gemini_sweep.cancel_requests"
 USER_CANCEL_MESSAGE = "cancelled by the user"
 USER_CANCEL = ts.CancelReason(ts.CANCEL_USER, None, USER_CANCEL_MESSAGE)
 #: How often (loop clock) a worker reads the study for cancel requests: one small query.
@@ -42,16 +48,30 @@ def is_user_cancel(reason: ts.CancelReason | None) -> bool:
 
 def stop_mark(study: optuna.Study) -> str | None:
     """The id of the last `cancel --all` on this study, or None if there was none."""
-    mark = study.user_attrs.get(STUDY_ATTR_STOP)
+    return _mark(study.user_attrs, STUDY_ATTR_STOP)
+
+
+def _mark(attrs: dict[str, object], name: str) -> str | None:
+    mark = attrs.get(name)
     return str(mark["id"]) if isinstance(mark, dict) and "id" in mark else None
+
+
+def _write_mark(study: optuna.Study, name: str) -> str:
+    mark_id = uuid.uuid4().hex
+    study.set_user_attr(name, {"id": mark_id,
+                               "at": datetime.now(UTC).isoformat(timespec="seconds")})
+    return mark_id
 
 
 def request_stop(study: optuna.Study) -> str:
     """Tell every running worker of the study to stop (a new mark id); returns the id."""
-    mark_id = uuid.uuid4().hex
-    study.set_user_attr(STUDY_ATTR_STOP, {"id": mark_id,
-                                          "at": datetime.now(UTC).isoformat(timespec="seconds")})
-    return mark_id
+    return _write_mark(study, STUDY_ATTR_STOP)
+
+
+def announce_cancels(study: optuna.Study) -> None:
+    """Tell every running worker to read the trials' cancel reasons: call it once they are
+    all stored (a worker that sees the new mark must find them)."""
+    _write_mark(study, STUDY_ATTR_REQUESTS)
 
 
 def mark_cancelled(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -82,6 +102,8 @@ class CancelWatch:
         self._clock = clock
         self._interval_s = interval_s
         self._start_mark = stop_mark(study)  # a stop asked before this worker started
+        self._requests_read: str | None = None
+        self._has_read_trials = False
         self._next_check_s = clock()
         self.is_stopped = False
 
@@ -95,7 +117,13 @@ class CancelWatch:
         if now < self._next_check_s:
             return None
         self._next_check_s = now + self._interval_s
-        self.is_stopped = self.is_stopped or stop_mark(self._study) != self._start_mark
+        attrs = self._study.user_attrs
+        self.is_stopped = self.is_stopped or _mark(attrs, STUDY_ATTR_STOP) != self._start_mark
+        requests = _mark(attrs, STUDY_ATTR_REQUESTS)
+        if self._has_read_trials and requests == self._requests_read:
+            return CancelRequests(is_stop=self.is_stopped, trial_numbers=frozenset())
+        # The first check reads them all: cancels stored before this worker started.
+        self._requests_read, self._has_read_trials = requests, True
         held = set(held)
         running = self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         numbers = frozenset(t.number for t in running if t.number in held

@@ -119,6 +119,7 @@ def _cancel(config: SweepConfig, study: optuna.Study, targets: list[optuna.trial
 
     from gemini_backend import create_backend
     from sweeps._replay_clock import is_simulated
+    from sweeps._user_cancel import announce_cancels
     from sweeps._user_cancel import mark_cancelled
     from sweeps._user_cancel import request_stop
 
@@ -134,6 +135,7 @@ def _cancel(config: SweepConfig, study: optuna.Study, targets: list[optuna.trial
                           markup=False)
     if not marked:
         return
+    announce_cancels(study)
     # Read again: a job submitted since the list was shown has its reference stored now.
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     if is_simulated(config.backend):
