@@ -9,7 +9,7 @@ epochs (raw validation loss; also the held-out ``test_loss`` where recorded). Ru
 * ``shipped``: ``find_plateau`` with the shipped ``PlateauConfig`` (earliest epoch whose
   smoothed validation loss is within ``validation_tolerance`` of the loss range above the
   smoothed minimum);
-* ``tolerance T``: the same rule, flags and all, with ``validation_tolerance`` T (1e-9: the
+* ``tolerance T``: the same rule, flags and all, with ``validation_tolerance`` T (0: the
   smoothed minimum itself, the "near-minimum" rule);
 * ``smoothed argmin``: the epoch of the smoothed curve's minimum, no flags (reference).
 
@@ -38,7 +38,7 @@ from sweeps.plateau.analysis import epoch_means
 from sweeps.plateau.analysis import find_plateau
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "configs" / "data"
-TOLERANCES = (1e-9, 0.005, 0.01, 0.03)
+TOLERANCES = (0.0, 0.005, 0.01, 0.03)
 Rule = Callable[[list[float], list[float] | None], int]
 
 

@@ -68,9 +68,12 @@ def analyse_curve(
     tolerance: float,
     convergence_threshold: float,
     spike_threshold: float,
+    flat_tolerance: float | None = None,
 ) -> CurveFacts:
     """Apply the rule: earliest epoch with ``smoothed <= best + tolerance * range``, not
-    before an early spike resolves; then the convergence and overfitting diagnostics.
+    before an early spike resolves; then the convergence and overfitting diagnostics. A
+    curve whose whole range is within ``flat_tolerance`` (default ``tolerance``) of its
+    best, relative to the loss itself, is flat: its first epoch is as good as any.
 
     ``curve`` must hold at least one finite value; ``smoothed`` is finite where it is.
     """
@@ -83,7 +86,9 @@ def analyse_curve(
                           single=True, not_converged=True)
     best_epoch, best = min(points, key=lambda p: p[1])
     level_range = max(v for _, v in points) - best
-    if level_range <= tolerance * abs(best):
+    if flat_tolerance is None:
+        flat_tolerance = tolerance
+    if level_range <= flat_tolerance * abs(best):
         # Every epoch is within tolerance of the best relative to the loss itself.
         first = points[0][0]
         return CurveFacts(epoch=first, best_epoch=best_epoch, last_epoch=last_epoch,

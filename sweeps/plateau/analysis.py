@@ -140,10 +140,11 @@ def find_plateau(
             epoch back so that it does not delay the pick (see ``ema_smooth``).
         tolerance: fraction of the smoothed loss range above the minimum that still counts
             as "the same performance", on training loss.
-        validation_tolerance: the same on validation loss (default ``tolerance``). A training
-            loss falls to the end, so only a tolerance finds where it levels off; a
-            validation loss has a real minimum, and an epoch picked well before it gives
-            up quality a sweep's selection then never sees (benchmarks/plateau_regret.py).
+        validation_tolerance: the same on validation loss (default ``tolerance``; 0 picks
+            the smoothed minimum). A training loss falls to the end, so only a tolerance
+            finds where it levels off; a validation loss has a real minimum, and an epoch
+            picked before it gives up held-out quality (benchmarks/plateau_regret.py). A
+            curve is flat by ``tolerance`` either way.
         convergence_threshold: relative fall per epoch at the end that means "still falling".
         spike_threshold: relative rise between two epochs, before the minimum, that counts as
             a spike; no epoch before the spike resolves is picked.
@@ -153,15 +154,16 @@ def find_plateau(
     """
     if validation_tolerance is None:
         validation_tolerance = tolerance
-    for option in (tolerance, validation_tolerance):
-        _check_options(smoothing, option, convergence_threshold, spike_threshold)
+    _check_options(smoothing, tolerance, convergence_threshold, spike_threshold,
+                   validation_tolerance)
     curve, used_validation = _choose_curve(train_loss, eval_loss)
+    flat_tolerance = tolerance
     if used_validation:
         tolerance = validation_tolerance
     smoothed = ema_smooth(curve, smoothing, reverse=True)
     facts = analyse_curve(
         curve, smoothed, tolerance=tolerance, convergence_threshold=convergence_threshold,
-        spike_threshold=spike_threshold,
+        spike_threshold=spike_threshold, flat_tolerance=flat_tolerance,
     )
     overfitting = used_validation and facts.rises_after_best
     result = PlateauResult(
@@ -170,7 +172,8 @@ def find_plateau(
         used_validation=used_validation, smoothed=tuple(smoothed), flat=facts.flat,
         raw_loss=curve[facts.epoch - 1], recommended_epochs=facts.recommended_epochs,
         reason=_reason(facts, used_validation=used_validation, has_eval=eval_loss is not None,
-                       overfitting=overfitting, tolerance=tolerance),
+                       overfitting=overfitting, tolerance=tolerance,
+                       flat_tolerance=flat_tolerance),
     )
     logger.debug("plateau: %s", result.reason)
     return result
@@ -206,13 +209,16 @@ def objective_value(
     raise ValueError(f"unknown objective {kind!r}; choose one of {', '.join(OBJECTIVE_KINDS)}")
 
 
-def _check_options(smoothing: float, tolerance: float, convergence: float, spike: float) -> None:
+def _check_options(smoothing: float, tolerance: float, convergence: float, spike: float,
+                   validation_tolerance: float) -> None:
     """Same bounds as PlateauConfig, for callers that build the options themselves."""
     problems = []
     if not 0.0 <= smoothing < 1.0:
         problems.append(f"smoothing={smoothing} must be in [0, 1)")
     if not 0.0 < tolerance < 1.0:
         problems.append(f"tolerance={tolerance} must be in (0, 1)")
+    if not 0.0 <= validation_tolerance < 1.0:
+        problems.append(f"validation_tolerance={validation_tolerance} must be in [0, 1)")
     if not convergence > 0.0:
         problems.append(f"convergence_threshold={convergence} must be > 0")
     if not spike > 0.0:
@@ -246,7 +252,7 @@ def _choose_curve(
 
 def _reason(
     facts: CurveFacts, *, used_validation: bool, has_eval: bool, overfitting: bool,
-    tolerance: float,
+    tolerance: float, flat_tolerance: float,
 ) -> str:
     """One line for exports: what was picked, on which curve, and every flag raised."""
     name = "validation loss" if used_validation else "training loss"
@@ -255,10 +261,12 @@ def _reason(
         parts = [f"only epoch {facts.epoch} has a finite {name}: cannot tell where it "
                  "plateaus; train for more epochs"]
     elif facts.flat:
-        parts = [f"flat from epoch {facts.epoch}: {name} varies by under {percent} "
-                 f"over {facts.last_epoch} epochs"]
+        parts = [f"flat from epoch {facts.epoch}: {name} varies by under "
+                 f"{flat_tolerance * 100:.3g}% over {facts.last_epoch} epochs"]
     elif facts.epoch == facts.last_epoch:
         parts = [f"no plateau yet: {name} is lowest at the last epoch ({facts.last_epoch})"]
+    elif tolerance == 0.0:
+        parts = [f"{name} (smoothed) lowest at epoch {facts.epoch} of {facts.last_epoch}"]
     else:
         parts = [f"{name} within {percent} of its best from epoch {facts.epoch} "
                  f"of {facts.last_epoch} (best at epoch {facts.best_epoch})"]

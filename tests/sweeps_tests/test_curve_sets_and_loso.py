@@ -137,10 +137,10 @@ def test_the_candidate_grid_holds_no_pruner_no_patience_and_a_sparing_pruner() -
     assert "no-pruner/no-patience/start6" in candidates
     assert "pruner" not in candidates["no-pruner/no-patience/start6"]
     assert "patience" not in candidates["no-pruner/no-patience/start6"]["epochs"]
-    assert candidates["leader1.3@2/patience2/start6"] == {
-        "epochs": {"mode": "from_curve", "patience": 2},
+    assert candidates["leader2.0@4/patience4/start6"] == {
+        "epochs": {"mode": "from_curve", "patience": 4},
         "sampler": {"n_startup_trials": 6, "start": "stratified"},
-        "pruner": {"kind": "behind_leader", "ratio": 1.3, "min_epochs": 2}}
+        "pruner": {"kind": "behind_leader", "ratio": 2.0, "min_epochs": 4}}
     assert candidates["leader1.3@2+spare/no-patience/start10"]["pruner"] == {
         "kind": "behind_leader", "ratio": 1.3, "min_epochs": 2, "spare_catching_up": True}
     assert geomean_of([0.5, 2.0]) == pytest.approx(1.0)
