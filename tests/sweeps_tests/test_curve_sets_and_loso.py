@@ -141,7 +141,7 @@ def test_the_candidate_grid_holds_no_pruner_no_patience_and_a_sparing_pruner() -
         "epochs": {"mode": "from_curve", "patience": 4},
         "sampler": {"n_startup_trials": 6, "start": "stratified"},
         "pruner": {"kind": "behind_leader", "ratio": 2.0, "min_epochs": 4}}
-    assert candidates["leader1.3@2+spare/no-patience/start10"]["pruner"] == {
+    assert candidates["leader1.3@2+spare/no-patience/start6"]["pruner"] == {
         "kind": "behind_leader", "ratio": 1.3, "min_epochs": 2, "spare_catching_up": True}
     assert geomean_of([0.5, 2.0]) == pytest.approx(1.0)
 
