@@ -65,6 +65,24 @@ def test_overfitting_validation_curve_picks_near_its_minimum_and_flags_it() -> N
     assert find_plateau(OVERFIT_TRAIN).not_converged
 
 
+def test_the_default_pick_on_validation_loss_is_its_smoothed_minimum() -> None:
+    # A validation loss that levels off at epoch 5 and keeps gaining a little until epoch 8:
+    # the held-out quality is best where the validation loss is lowest, so the shipped
+    # options pick epoch 8, not the first epoch "within tolerance" (epoch 5), and still say
+    # the curve is falling too slowly to call it unconverged.
+    train = [2.0, 1.3, 0.9, 0.7, 0.6, 0.55, 0.5, 0.47, 0.45, 0.44]
+    evals = [2.1, 1.4, 1.0, 0.82, 0.75, 0.745, 0.74, 0.735, 0.74, 0.745]
+    shipped = find_plateau(train, evals, **PlateauConfig().model_dump())
+    tolerant = find_plateau(train, evals, **{**PlateauConfig().model_dump(),
+                                             "validation_tolerance": 0.03})
+
+    assert shipped.used_validation and shipped.epoch == 8
+    assert tolerant.epoch == 5
+    assert "lowest at epoch 8" in shipped.reason
+    # Training loss alone keeps the seed guide's rule: the tolerance, not the minimum.
+    assert find_plateau(SEED_CURVE, **PlateauConfig().model_dump()).epoch == 4
+
+
 def test_curve_that_never_flattens_is_not_converged_and_asks_for_more_epochs() -> None:
     falling = [2.0, 1.6, 1.3, 1.05, 0.85, 0.7]
     result = find_plateau(falling)
