@@ -12,6 +12,7 @@ next one, so a proposal never depends on how fast the tracking thread wrote.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ class SimulatedClock:
         self._now_s += seconds
         if self._state_file is not None:
             self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = self._state_file.with_suffix(".tmp")
+            # Its own partial file: two processes on one job folder never rename each other's.
+            partial = self._state_file.with_suffix(f".{os.getpid()}.tmp")
             partial.write_text(repr(self._now_s), encoding="utf-8")
             partial.replace(self._state_file)
         if self._pace > 0:
