@@ -133,9 +133,9 @@ class SweepLoop:
                 self._share_study()
                 self._submit_ready_trials()
                 self._poll_due_jobs()
+                self._apply_user_cancels()  # first: a job a user cancelled frees no slot
                 if not self.ctx.in_job_time:  # (in job time the next ask waits for a tell)
                     self._submit_ready_trials()  # a slot a job just freed, filled at once
-                self._apply_user_cancels()
                 self._finish_evaluated()
                 self._record_finished()
                 on_pass()
