@@ -12,6 +12,7 @@ stored on the trials (invariant 1).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import Future
@@ -123,8 +124,18 @@ class SweepLoop:
         ``start_tracking`` (open the sweep's parent run) is the writer thread's first task;
         if it fails, the loop stops with its error (jobs in flight keep running).
         """
+        # Queued first (every other write needs the parent run), begun once the first
+        # pass has submitted its jobs: importing MLflow holds the GIL for a second or more,
+        # and would slow those first asks and submits to half speed.
+        first_pass_done = threading.Event()
         if start_tracking is not None:
-            self._tracking_start = self._writer.submit(start_tracking)
+            begin = start_tracking
+
+            def start_after_first_pass() -> None:
+                first_pass_done.wait()
+                begin()
+
+            self._tracking_start = self._writer.submit(start_after_first_pass)
         self.ctx.leases.held = self.state.held_numbers()
         self.ctx.leases.start_heartbeats()
         try:
@@ -132,6 +143,7 @@ class SweepLoop:
                 self._raise_if_tracking_failed()
                 self._share_study()
                 self._submit_ready_trials()
+                first_pass_done.set()
                 self._poll_due_jobs()
                 self._apply_user_cancels()  # first: a job a user cancelled frees no slot
                 if not self.ctx.in_job_time:  # (in job time the next ask waits for a tell)
@@ -144,6 +156,7 @@ class SweepLoop:
                 self._sleep_until_next_poll()
             self._raise_if_tracking_failed(wait=True)  # a sweep with nothing to run too
         finally:
+            first_pass_done.set()  # (a first pass that raised: the writer must not wait on)
             # Writes already started finish (a half-written run is repaired next time anyway).
             self._writer.shutdown(wait=True, cancel_futures=True)
             if self._evals is not None:
