@@ -128,12 +128,14 @@ class SweepLoop:
         # pass has submitted its jobs: importing MLflow holds the GIL for a second or more,
         # and would slow those first asks and submits to half speed.
         first_pass_done = threading.Event()
+        is_leaving = False  # stopped (Ctrl-C, an error) before the first pass ended
         if start_tracking is not None:
             begin = start_tracking
 
             def start_after_first_pass() -> None:
                 first_pass_done.wait()
-                begin()
+                if not is_leaving:  # else nothing to record: exit without importing MLflow
+                    begin()
 
             self._tracking_start = self._writer.submit(start_after_first_pass)
         self.ctx.leases.held = self.state.held_numbers()
@@ -156,7 +158,8 @@ class SweepLoop:
                 self._sleep_until_next_poll()
             self._raise_if_tracking_failed(wait=True)  # a sweep with nothing to run too
         finally:
-            first_pass_done.set()  # (a first pass that raised: the writer must not wait on)
+            is_leaving = not first_pass_done.is_set()
+            first_pass_done.set()
             # Writes already started finish (a half-written run is repaired next time anyway).
             self._writer.shutdown(wait=True, cancel_futures=True)
             if self._evals is not None:

@@ -55,7 +55,7 @@ T = TypeVar("T")
 
 def import_mlflow() -> None:
     """Import MLflow, keeping the levels already set on its loggers (``-q``, ``-v``): its
-    import resets them to INFO, and it may now be imported after the CLI quietened them."""
+    import resets them to INFO, and the tracking thread imports it after the CLI set them."""
     names = ("mlflow", "alembic")
     levels = {name: logging.getLogger(name).level for name in names}
     import mlflow  # noqa: F401
