@@ -58,7 +58,10 @@ def write_sweep(folder: Path, name: str, *, storage: str | None,
     (folder / "curves.json").write_text(json.dumps(records))
     config = {
         "name": name, "dataset": {"path": "data.jsonl"},
-        "backend": {"kind": "replay", "curves": "curves.json", "time_scale": 1.0},
+        # Wall-clock jobs, as remote jobs run while the loop works (in job time the
+        # loop's own work would pause them: that measures nothing of a real sweep).
+        "backend": {"kind": "replay", "curves": "curves.json", "time_scale": 1.0,
+                    "clock": "wall"},
         "search_space": {"epochs": {"value": EPOCHS},
                          "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}},
         "sampler": {"kind": "tpe", "seed": 0}, "n_trials": N_TRIALS,

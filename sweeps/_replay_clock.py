@@ -1,17 +1,18 @@
 """Replay in simulated time: the same config and seed give the same sweep at any time_scale.
 
-On the wall clock a replay's decisions depend on when polls happen: at ``time_scale: 0.1`` a
-job often ends between two polls, so no pruner or patience ever sees its epochs in time,
-while at 1.0 the same trials are pruned. With ``clock: simulated`` the sweep and the replay
-backend share a clock that moves only when the loop sleeps, in recorded (job) seconds: every
-poll, epoch boundary, cancel and submit happens at the same job time whatever the machine
-does meanwhile, and ``time_scale`` only paces the real waiting (0 = as fast as the machine
-goes). The loop also tells each finished trial before asking the next one, so a proposal
-never depends on how fast the tracking thread wrote.
+On the wall clock (``clock: wall``) a replay's decisions depend on when polls happen: at
+``time_scale: 0.1`` a job often ends between two polls, so no pruner or patience ever sees its
+epochs in time, while at 1.0 the same trials are pruned. With ``clock: simulated`` (the
+default) the sweep and the replay backend share a clock that moves only when the loop sleeps,
+in recorded (job) seconds: every poll, epoch boundary, cancel and submit happens at the same
+job time whatever the machine does meanwhile, and ``time_scale`` only paces the real waiting
+(0 = as fast as the machine goes). The loop also tells each finished trial before asking the
+next one, so a proposal never depends on how fast the tracking thread wrote.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ class SimulatedClock:
         self._now_s += seconds
         if self._state_file is not None:
             self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = self._state_file.with_suffix(".tmp")
+            # Its own partial file: two processes on one job folder never rename each other's.
+            partial = self._state_file.with_suffix(f".{os.getpid()}.tmp")
             partial.write_text(repr(self._now_s), encoding="utf-8")
             partial.replace(self._state_file)
         if self._pace > 0:

@@ -13,9 +13,12 @@ progress. No network, no credentials, no extra dependencies. Config::
 
     backend: {kind: replay, curves: data/replay_demo_curves.json, time_scale: 1.0}
 
-With ``clock: simulated`` the sweep runs in job time (``sweeps._replay_clock``): polls,
-prunes, patience stops and cancels happen at the same recorded second at any ``time_scale``,
-which then only paces the real waiting, so the same config and seed give the same sweep.
+By default (``clock: simulated``) the sweep runs in job time (``sweeps._replay_clock``):
+polls, prunes, patience stops and cancels happen at the same recorded second at any
+``time_scale``, which then only paces the real waiting, so the same config and seed give the
+same sweep. ``clock: wall`` plays jobs in real time, as remote jobs run while the sweep works:
+for several workers sharing one study (each has its own job time otherwise) and for timing
+the orchestration itself (benchmarks/orchestration.py).
 
 The curves file format is described in :mod:`gemini_backend.replay._curves`.
 """
@@ -73,9 +76,10 @@ class ReplayBackendConfig(BackendConfig):
     curves: Path
     time_scale: float = Field(default=1.0, ge=0.0, description="played seconds per recorded s")
     job_root: Path | None = None
-    #: ``simulated``: the sweep plays jobs in job time, so its decisions do not depend on
-    #: the wall clock or the time scale (sweeps._replay_clock); ``wall``: in real time.
-    clock: Literal["wall", "simulated"] = "wall"
+    #: ``simulated`` (default): the sweep plays jobs in job time, so its decisions do not
+    #: depend on the wall clock or the time scale (sweeps._replay_clock); ``wall``: in real
+    #: time (several workers on one study, orchestration timings).
+    clock: Literal["wall", "simulated"] = "simulated"
 
 
 class ReplayBackend(BaseBackend):

@@ -10,6 +10,7 @@ command collects them).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,19 +59,26 @@ def run_command(
         from sweeps.config.schema import load_config
 
         config = load_config(config_path, storage=storage, tracking_uri=tracking_uri)
-        with _progress_view(is_live=err_console.is_terminal and not quiet) as on_progress:
-            result = run_sweep(config, progress=on_progress)
-    _print_summary(config_path, config, result)
+        with _progress_view(is_live=err_console.is_terminal and not quiet) as view:
+
+            def show_summary(result: SweepResult) -> None:
+                view.stop()
+                _print_summary(config_path, config, result)
+
+            # The summary is printed as soon as the last trial is told; the sweep plots are
+            # drawn and the parent run finished after it.
+            result = run_sweep(config, progress=view.progress, on_stopped=show_summary)
     if result.is_failed:
         raise typer.Exit(EXIT_FAILED)
 
 
-def run_sweep(config: SweepConfig, *, progress: ProgressCallback | None) -> SweepResult:
-    """The runner, imported here: it pulls in MLflow, Optuna and the backends, which the
-    other commands (and ``--help``) do without."""
+def run_sweep(config: SweepConfig, *, progress: ProgressCallback | None,
+              on_stopped: Callable[[SweepResult], None]) -> SweepResult:
+    """The runner, imported here: it pulls in Optuna and the backends (and, on its tracking
+    thread, MLflow), which the other commands (and ``--help``) do without."""
     from sweeps.engine.runner import run_sweep as run
 
-    return run(config, progress=progress)
+    return run(config, progress=progress, on_stopped=on_stopped)
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -83,14 +91,35 @@ def _quiet_libraries(verbose: bool) -> None:
     optuna.logging.set_verbosity(level)
 
 
-@contextmanager
-def _progress_view(*, is_live: bool) -> Iterator[ProgressCallback | None]:
+class _ProgressView:
     """A rich Live panel on a terminal; nothing otherwise (log lines are the progress)."""
+
+    def __init__(self, live: Live | None) -> None:
+        self._live = live
+        self.progress: ProgressCallback | None = self._show if live is not None else None
+
+    def _show(self, progress: SweepProgress) -> None:
+        if self._live is not None:
+            self._live.update(_render(progress))
+
+    def stop(self) -> None:
+        """Remove the panel (the summary takes its place)."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+@contextmanager
+def _progress_view(*, is_live: bool) -> Iterator[_ProgressView]:
     if not is_live:
-        yield None
+        yield _ProgressView(None)
         return
     with Live(console=err_console, refresh_per_second=4, transient=True) as live:
-        yield lambda progress: live.update(_render(progress))
+        view = _ProgressView(live)
+        try:
+            yield view
+        finally:
+            view.stop()
 
 
 def _render(progress: SweepProgress) -> Group:

@@ -2,14 +2,17 @@
 
 One pass over the jobs that are due replaces a thread per job, so one process holds hundreds
 of remote jobs. Each job's poll interval starts at the backend's and grows x1.5 while nothing
-changes, up to its cap. MLflow writes run on one writer thread; a trial is told to Optuna only
-after its run is written (invariant 2). Ctrl-C or a crash never cancels a job: the next
-``gemini-sweep run`` re-attaches from what is stored on the trials (invariant 1).
+changes, up to its cap. MLflow writes run on one writer thread, in order, starting with the
+opening of the sweep's parent run: the first jobs are submitted while MLflow is still being
+imported and opened. A trial is told to Optuna only after its run is written (invariant 2).
+Ctrl-C or a crash never cancels a job: the next ``gemini-sweep run`` re-attaches from what is
+stored on the trials (invariant 1).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import Future
@@ -110,30 +113,71 @@ class SweepLoop:
         # otherwise (Gemini API) they read training loss, as the trial is scored.
         self._use_eval = bool(ctx.data.validation) and caps.has_validation_loss
         self._user_cancels = CancelWatch(ctx.study, clock=clock)  # `gemini-sweep cancel`
+        self._tracking_start: Future[None] | None = None
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def run_until_done(self, on_pass: Callable[[], None]) -> None:
-        """Loop until every wanted trial is told (or the sweep stops); then wait for writes."""
+    def run_until_done(self, on_pass: Callable[[], None],
+                       start_tracking: Callable[[], None] | None = None) -> None:
+        """Loop until every wanted trial is told (or the sweep stops); then wait for writes.
+
+        ``start_tracking`` (open the sweep's parent run) is the writer thread's first task;
+        if it fails, the loop stops with its error (jobs in flight keep running).
+        """
+        # Queued first (every other write needs the parent run), begun once the first
+        # pass has submitted its jobs: importing MLflow holds the GIL for a second or more,
+        # and would slow those first asks and submits to half speed.
+        first_pass_done = threading.Event()
+        is_leaving = False  # stopped (Ctrl-C, an error) before the first pass ended
+        if start_tracking is not None:
+            begin = start_tracking
+
+            def start_after_first_pass() -> None:
+                first_pass_done.wait()
+                if not is_leaving:  # else nothing to record: exit without importing MLflow
+                    begin()
+
+            self._tracking_start = self._writer.submit(start_after_first_pass)
         self.ctx.leases.held = self.state.held_numbers()
         self.ctx.leases.start_heartbeats()
         try:
             while True:
+                self._raise_if_tracking_failed()
                 self._share_study()
                 self._submit_ready_trials()
+                first_pass_done.set()
                 self._poll_due_jobs()
-                self._apply_user_cancels()
+                self._apply_user_cancels()  # first: a job a user cancelled frees no slot
+                if not self.ctx.in_job_time:  # (in job time the next ask waits for a tell)
+                    self._submit_ready_trials()  # a slot a job just freed, filled at once
                 self._finish_evaluated()
                 self._record_finished()
                 on_pass()
                 if self._check_stop():
                     break
                 self._sleep_until_next_poll()
+            self._raise_if_tracking_failed(wait=True)  # a sweep with nothing to run too
         finally:
+            is_leaving = not first_pass_done.is_set()
+            first_pass_done.set()
             # Writes already started finish (a half-written run is repaired next time anyway).
             self._writer.shutdown(wait=True, cancel_futures=True)
             if self._evals is not None:
                 self._evals.shutdown()
+
+    def _raise_if_tracking_failed(self, *, wait: bool = False) -> None:
+        """The error of the parent run's opening, once it is known."""
+        start = self._tracking_start
+        if start is None or not (wait or start.done()):
+            return
+        error = start.exception()
+        if error is None:
+            self._tracking_start = None
+            return
+        if self.state.in_flight:
+            logger.error("%d jobs in flight keep running; run the same command again to "
+                         "collect them", len(self.state.in_flight))
+        raise error
 
     def _share_study(self) -> None:
         """With other workers: drop trials they took over, adopt trials whose lease is free."""

@@ -296,8 +296,14 @@ class SweepState:
         attrs = outcome.summary_attrs()
         if run_id:
             attrs[ts.ATTR_RUN_ID] = run_id
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        try:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # This worker missed its lease; the worker that took the trial over told it
+            # first (its run is the same one: records are idempotent). Its count is theirs.
+            logger.warning("trial=%d was told by the worker that took it over", outcome.number)
+            return
         # skip_if_finished: another worker of the same study may have told it already.
         if outcome.state is TrialState.COMPLETE:
             values = objective_values(self.config, outcome)

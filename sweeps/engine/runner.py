@@ -106,6 +106,7 @@ def run_sweep(
     backend: BaseBackend | None = None,
     tracker: Tracker | None = None,
     progress: ProgressCallback | None = None,
+    on_stopped: Callable[[SweepResult], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> SweepResult:
@@ -116,11 +117,17 @@ def run_sweep(
         backend: the backend to use; default the one ``config.backend`` names.
         tracker: where runs are recorded; default MLflow at ``config.tracking_url``.
         progress: called with a :class:`SweepProgress` after every pass of the loop.
+        on_stopped: called with the result as soon as the last trial is told, before the
+            parent run is finished (its figures written, its sweep plots drawn: a second
+            or two), so a caller can show the result meanwhile.
         clock, sleep: injected by tests to run without real waiting.
 
     Raises:
         DatasetError, ConfigError, BackendError: bad input or a backend that cannot work,
             before any job is submitted.
+        TrackingError, StoreError: MLflow cannot be opened. It is opened on the tracking
+            thread while the first jobs are submitted (its import alone takes a second or
+            two), so those jobs keep running and the next run collects them.
         KeyboardInterrupt: jobs in flight keep running; run again to collect them.
     """
     data = prepare_data(config)
@@ -148,11 +155,14 @@ def run_sweep(
                 # Under the same lock, so two workers starting together seed only once.
                 seed_from_earlier_sweeps(config, study, dataset_hash=data.content_hash)
             tracker = tracker or MlflowTracker(_tracking_uri(config))
-            _start_tracking(config, tracker, _sweep_info(config, data, sweep_id))
+            # On the loop's writer thread, so the first jobs do not wait for MLflow's import.
+            start_tracking = functools.partial(_start_tracking, config, tracker,
+                                               _sweep_info(config, data, sweep_id))
             try:
                 return _drive(config, study, backend, tracker, data, sweep_id, leases,
                               progress=progress, clock=clock, sleep=sleep,
-                              evaluator=evaluator, in_job_time=simulated is not None)
+                              evaluator=evaluator, in_job_time=simulated is not None,
+                              start_tracking=start_tracking, on_stopped=on_stopped)
             except sqlalchemy.exc.OperationalError as exc:
                 raise StorageUnavailable.from_error(config.storage_url, exc) from None
             finally:
@@ -169,7 +179,8 @@ def _drive(config: SweepConfig, study: optuna.Study, backend: BaseBackend, track
            data: PreparedData, sweep_id: str, leases: StudyLeases, *,
            progress: ProgressCallback | None, clock: Callable[[], float],
            sleep: Callable[[float], None], evaluator: Evaluator | None = None,
-           in_job_time: bool = False) -> SweepResult:
+           in_job_time: bool = False, start_tracking: Callable[[], None] | None = None,
+           on_stopped: Callable[[SweepResult], None] | None = None) -> SweepResult:
     ctx = SweepContext(config=config, study=study, backend=backend, tracker=tracker,
                        data=data, sweep_id=sweep_id, worker_id=leases.worker_id, leases=leases,
                        evaluator=evaluator, in_job_time=in_job_time)
@@ -179,8 +190,11 @@ def _drive(config: SweepConfig, study: optuna.Study, backend: BaseBackend, track
         logger.info("resuming sweep %s: %d trials finished, %d re-attached", config.name,
                     state.n_finished, adopted)
     loop = SweepLoop(ctx, state, clock=clock, sleep=sleep)
-    loop.run_until_done(on_pass=lambda: progress(state.progress()) if progress else None)
+    loop.run_until_done(on_pass=lambda: progress(state.progress()) if progress else None,
+                        start_tracking=start_tracking)
     result = _result(config, study, _study_totals(state, study), tracker)
+    if on_stopped is not None:
+        on_stopped(result)
     try:
         tracker.finish_sweep(study, _summary(result))
     except TrackingError as exc:

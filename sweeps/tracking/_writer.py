@@ -4,6 +4,10 @@ Every function here is idempotent, so a sweep that crashed in the middle of writ
 repairs it on the next ``gemini-sweep run`` without duplicating anything: runs are found
 again by tags before one is created, and metric points are compared by step with what the
 store already holds before the missing ones are sent with ``log_batch``.
+
+MLflow is imported inside the functions that call it, never at import time: importing it
+takes about a second, and the runner imports this module before its first trial is
+submitted. The tracking thread pays for it instead (:meth:`MlflowTracker.start_sweep`).
 """
 
 from __future__ import annotations
@@ -18,19 +22,19 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import TypeVar
 from urllib.parse import urlparse
-
-from mlflow import MlflowClient
-from mlflow.entities import Metric
-from mlflow.entities import Param
-from mlflow.entities import Run
-from mlflow.entities import RunStatus
-from mlflow.entities import RunTag
 
 from gemini_backend import Backoff
 from gemini_backend import retry_call
 from sweeps.errors import TrackingError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from mlflow.entities import Param
+    from mlflow.entities import Run
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,18 @@ TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 T = TypeVar("T")
+
+
+def import_mlflow() -> None:
+    """Import MLflow, keeping the levels already set on its loggers (``-q``, ``-v``): its
+    import resets them to INFO, and the tracking thread imports it after the CLI set them."""
+    names = ("mlflow", "alembic")
+    levels = {name: logging.getLogger(name).level for name in names}
+    import mlflow  # noqa: F401
+
+    for name, level in levels.items():
+        if level != logging.NOTSET:
+            logging.getLogger(name).setLevel(level)
 
 
 def with_retries(
@@ -156,6 +172,8 @@ def find_runs(client: MlflowClient, experiment_id: str, tags: Mapping[str, str])
 
 def missing_params(run: Run, params: Mapping[str, object]) -> list[Param]:
     """The params the run does not have yet (MLflow params cannot change once written)."""
+    from mlflow.entities import Param
+
     present = run.data.params
     missing = []
     for key, value in params.items():
@@ -177,6 +195,8 @@ def missing_points(
     Comparing by step makes a repeated write (after a crash mid-way) add only what is
     missing, never a duplicate point. The history is read only when the run has the key.
     """
+    from mlflow.entities import Metric
+
     present: set[int] = set()
     if key in run.data.metrics:
         present = {metric.step for metric in client.get_metric_history(run.info.run_id, key)}
@@ -194,6 +214,9 @@ def log_batch(
     tags: Mapping[str, str] | None = None,
 ) -> None:
     """One ``log_batch`` call per MLflow limit's worth (1,000 metrics, 100 params/tags)."""
+    from mlflow.entities import Param
+    from mlflow.entities import RunTag
+
     tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
     small = [*params, *tag_list]
     n_calls = max(math.ceil(len(metrics) / MAX_METRICS_PER_BATCH),
@@ -215,7 +238,7 @@ def set_status(client: MlflowClient, run: Run, status: str) -> None:
     """Move the run to ``status`` (RUNNING, FINISHED, KILLED, FAILED) if it is not there."""
     if run.info.status == status:
         return
-    if status == RunStatus.to_string(RunStatus.RUNNING):
+    if status == "RUNNING":
         client.update_run(run.info.run_id, status=status)
     else:
         client.set_terminated(run.info.run_id, status=status)

@@ -7,6 +7,10 @@ process do not collide), and every write is idempotent: runs are found again by 
 (``gemini_sweep.sweep_id``, ``gemini_sweep.trial``) and only missing curve points are sent.
 A child run's status mirrors its trial (pruned -> KILLED, failed -> FAILED) and is set last,
 so a run that is not RUNNING is completely written.
+
+Importing this module loads neither MLflow nor matplotlib (together about two seconds): the
+runner calls :meth:`MlflowTracker.start_sweep` on its tracking thread, which imports them
+there while the first jobs are already being submitted.
 """
 
 from __future__ import annotations
@@ -18,24 +22,24 @@ import threading
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import Protocol
 
 import optuna
-from mlflow import MlflowClient
-from mlflow.entities import Metric
-from mlflow.entities import Param
-from mlflow.entities import Run
 
 from sweeps._crashpoints import crash_point
 from sweeps.tracking import _writer as writer
-from sweeps.tracking._plots import save_figure
-from sweeps.tracking._plots import sweep_figures
-from sweeps.tracking._plots import write_loss_curve_png
 from sweeps.tracking._prune_reason import prune_tags
-from sweeps.tracking._store import ensure_mlflow_store
-from sweeps.tracking.plots import Curve
 from sweeps.trial_record import TrialOutcome
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from mlflow.entities import Param
+    from mlflow.entities import Run
+
+    from sweeps.tracking.plots import Curve
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +151,18 @@ class MlflowTracker:
         with self._lock:
             self._info = info
             if self._client is None:  # outside the retries: a failure here is not transient
+                writer.import_mlflow()  # before its log handlers are replaced
                 writer.send_mlflow_logs_to_file(self.tracking_uri)
+                from sweeps.tracking._store import ensure_mlflow_store
+
                 ensure_mlflow_store(self.tracking_uri, artifact_root=self._artifact_root)
             writer.with_retries("opening the sweep's parent run", self._open_parent)
 
     def _open_parent(self) -> None:
         assert self._info is not None
         if self._client is None:
+            from mlflow import MlflowClient
+
             writer.prepare_sqlite_store(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         client, info = self._client, self._info
@@ -259,6 +268,8 @@ class MlflowTracker:
             curve_path.write_text(json.dumps(_curve_json(outcome), indent=1), encoding="utf-8")
             client.log_artifact(run_id, str(curve_path))
             if outcome.train_epoch_loss:
+                from sweeps.tracking._plots import write_loss_curve_png
+
                 png_path = Path(tmp) / "loss_curve.png"
                 write_loss_curve_png(outcome, png_path)
                 client.log_artifact(run_id, str(png_path))
@@ -298,6 +309,9 @@ class MlflowTracker:
         writer.set_status(client, parent, summary.status)
 
     def _write_sweep_plots(self, client: MlflowClient, study: optuna.Study) -> None:
+        from sweeps.tracking._plots import save_figure
+        from sweeps.tracking._plots import sweep_figures
+
         curves = {number: self._curves.get(number) or _read_curve(client, run_id)
                   for number, run_id in sorted(self._child_ids.items())}
         with tempfile.TemporaryDirectory(prefix="gemini-sweep-") as tmp:

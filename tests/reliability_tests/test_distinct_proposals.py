@@ -38,7 +38,9 @@ def _seeded_sweep(folder: Path, mlflow_template: Path, *, name: str, n_trials: i
     config_path = write_config(
         folder, name=name, n_trials=n_trials, concurrency=1, poll_interval_s=0.05,
         search_space=SPACE, sampler={"kind": "tpe", "seed": 0, "n_startup_trials": 10},
-        backend={"kind": "replay", "curves": "curves.json", "time_scale": 0.1})
+        # Wall-clock jobs: workers side by side share one time (job time is per process).
+        backend={"kind": "replay", "curves": "curves.json", "time_scale": 0.1,
+                 "clock": "wall"})
     seed_mlflow(mlflow_template, folder)
     return config_path
 

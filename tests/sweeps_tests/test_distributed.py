@@ -285,7 +285,9 @@ def test_three_workers_on_postgres_and_an_mlflow_server_one_killed(
         storage=pg_databases[0], tracking_uri=mlflow_server,
         search_space={"epochs": {"value": 4},
                       "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}},
-        backend={"kind": "replay", "curves": "curves.json", "time_scale": 1.0})
+        # One time for every worker's jobs: job time would be each process's own.
+        backend={"kind": "replay", "curves": "curves.json", "time_scale": 1.0,
+                 "clock": "wall"})
     config = load_config(config_path)
     workers = [start_worker(config_path, i) for i in range(3)]
     victim, held = kill_first_worker_holding_jobs(config, workers, tmp_path)

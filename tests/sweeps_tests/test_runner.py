@@ -15,6 +15,7 @@ import pytest
 from gemini_backend import InvalidRequestError
 from gemini_backend import JobRequest
 from sweeps import DatasetError
+from sweeps import TrackingError
 from sweeps import load_config
 from sweeps import trial_record as ts
 from sweeps.engine.runner import open_study
@@ -216,6 +217,34 @@ def test_resume_after_interrupt_submits_nothing_twice(make_config, clock) -> Non
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert len(backend.submits) == len(set(backend.submits)) == 6
     assert result.n_complete == 6
+
+
+class UnopenableTracker(NullTracker):
+    """MLflow that cannot be opened (a store refusing connections)."""
+
+    def start_sweep(self, info) -> None:
+        raise TrackingError("MLflow: opening the sweep's parent run failed: connection refused")
+
+
+def test_mlflow_that_cannot_be_opened_stops_the_sweep_and_a_rerun_collects_its_jobs(
+        make_config, clock) -> None:
+    """MLflow is opened beside the first submits: its failure stops the sweep with its error,
+    the jobs submitted meanwhile are neither cancelled nor told, and the next run collects
+    them without submitting anything twice."""
+    config = make_config(n_trials=4, concurrency=2)
+    backend = FakeBackend(clock=clock)
+    with pytest.raises(TrackingError, match="connection refused"):
+        run_sweep(config, backend=backend, tracker=UnopenableTracker(), clock=clock,
+                  sleep=clock.sleep)
+    assert backend.cancels == []
+    left = open_study(config).get_trials()
+    assert {t.state for t in left} <= {TrialState.RUNNING}  # nothing told without its run
+
+    result = run(config, backend, clock)
+    trials = open_study(config).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len(backend.submits) == len(set(backend.submits)) == 4
+    assert result.n_complete == 4
 
 
 def test_resume_finds_a_job_submitted_just_before_a_crash(make_config, clock) -> None:

@@ -224,9 +224,10 @@ def test_cancel_all_stops_two_workers_sharing_a_postgres_study(
         tmp_path, seed_mlflow, pg_databases) -> None:  # noqa: F811
     optuna_url, _ = pg_databases
     write_curves(tmp_path, duration_s=40.0)
+    # Wall-clock jobs: two workers share one time (job time is per process).
     config_path = write_config(tmp_path, n_trials=8, concurrency=2, search_space=SEARCH_SPACE,
                                backend={"kind": "replay", "curves": "curves.json",
-                                        "time_scale": 1.0})
+                                        "time_scale": 1.0, "clock": "wall"})
     config = load_config(config_path, storage=optuna_url)
     seed_mlflow(config)
     workers = [start_run(config_path, "--storage", optuna_url) for _ in range(2)]
