@@ -191,6 +191,8 @@ class Capabilities:
         max_poll_interval_s: the cap the interval backs off to for long jobs.
         max_epochs: the most epochs one job may run, when the backend has a limit (the
             replay backend's longest recorded curve).
+        bills_jobs: a job costs money (a cloud service): nothing is submitted until every
+            store the sweep writes to has answered.
     """
 
     knobs: frozenset[str]
@@ -200,6 +202,7 @@ class Capabilities:
     poll_interval_s: float = 5.0
     max_poll_interval_s: float = 60.0
     max_epochs: int | None = None
+    bills_jobs: bool = False
 
 
 class BackendConfig(BaseModel):

@@ -159,6 +159,7 @@ class GeminiApiBackend(BaseBackend):
             poll_interval_s=self.config.poll_interval_s,
             max_poll_interval_s=max(self.config.max_poll_interval_s,
                                     self.config.poll_interval_s),
+            bills_jobs=True,
         )
 
     # --- jobs ----------------------------------------------------------------------------

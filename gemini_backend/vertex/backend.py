@@ -191,7 +191,7 @@ class VertexBackend(BaseBackend):
         return Capabilities(
             knobs=frozenset(knobs), has_validation_loss=True, has_checkpoints=True,
             can_generate=True, poll_interval_s=self.config.poll_interval_s,
-            max_poll_interval_s=self.config.max_poll_interval_s,
+            max_poll_interval_s=self.config.max_poll_interval_s, bills_jobs=True,
         )
 
     def check_search_space(self, knobs: Collection[str]) -> None:

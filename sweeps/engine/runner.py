@@ -125,7 +125,8 @@ def run_sweep(
     Raises:
         DatasetError, ConfigError, BackendError: bad input or a backend that cannot work,
             before any job is submitted.
-        TrackingError, StoreError: MLflow cannot be opened. It is opened on the tracking
+        TrackingError, StoreError: MLflow cannot be opened: before any job on a backend
+            that bills jobs; on a free one (local, replay) it is opened on the tracking
             thread while the first jobs are submitted (its import alone takes a second or
             two), so those jobs keep running and the next run collects them.
         KeyboardInterrupt: jobs in flight keep running; run again to collect them.
@@ -155,9 +156,14 @@ def run_sweep(
                 # Under the same lock, so two workers starting together seed only once.
                 seed_from_earlier_sweeps(config, study, dataset_hash=data.content_hash)
             tracker = tracker or MlflowTracker(_tracking_uri(config))
-            # On the loop's writer thread, so the first jobs do not wait for MLflow's import.
-            start_tracking = functools.partial(_start_tracking, config, tracker,
-                                               _sweep_info(config, data, sweep_id))
+            start_tracking: Callable[[], None] | None = functools.partial(
+                _start_tracking, config, tracker, _sweep_info(config, data, sweep_id))
+            if backend.capabilities.bills_jobs:
+                # A paid job is never submitted before MLflow answers: a wrong tracking URL
+                # must cost nothing. Free jobs start while MLflow is imported and opened
+                # on the loop's writer thread (a second or two).
+                start_tracking()
+                start_tracking = None
             try:
                 return _drive(config, study, backend, tracker, data, sweep_id, leases,
                               progress=progress, clock=clock, sleep=sleep,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import optuna
 import pytest
 
+from gemini_backend import Capabilities
 from gemini_backend import InvalidRequestError
 from gemini_backend import JobRequest
 from sweeps import DatasetError
@@ -245,6 +247,26 @@ def test_mlflow_that_cannot_be_opened_stops_the_sweep_and_a_rerun_collects_its_j
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert len(backend.submits) == len(set(backend.submits)) == 4
     assert result.n_complete == 4
+
+
+class PaidFakeBackend(FakeBackend):
+    """A backend whose jobs cost money, as Vertex's and the Gemini API's do."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return replace(super().capabilities, bills_jobs=True)
+
+
+def test_mlflow_that_cannot_be_opened_costs_nothing_on_a_backend_that_bills_jobs(
+        make_config, clock) -> None:
+    """On a paid backend MLflow is opened before any submit: a wrong tracking URL is bad
+    input, refused before a job is paid for."""
+    config = make_config(n_trials=4, concurrency=2)
+    backend = PaidFakeBackend(clock=clock)
+    with pytest.raises(TrackingError, match="connection refused"):
+        run_sweep(config, backend=backend, tracker=UnopenableTracker(), clock=clock,
+                  sleep=clock.sleep)
+    assert backend.submits == []
 
 
 def test_resume_finds_a_job_submitted_just_before_a_crash(make_config, clock) -> None:
