@@ -156,13 +156,14 @@ def run_sweep(
                 # Under the same lock, so two workers starting together seed only once.
                 seed_from_earlier_sweeps(config, study, dataset_hash=data.content_hash)
             tracker = tracker or MlflowTracker(_tracking_uri(config))
-            start_tracking: Callable[[], None] | None = functools.partial(
-                _start_tracking, config, tracker, _sweep_info(config, data, sweep_id))
+            open_tracking = functools.partial(_start_tracking, config, tracker,
+                                              _sweep_info(config, data, sweep_id))
+            start_tracking: Callable[[], None] | None = open_tracking
             if backend.capabilities.bills_jobs:
                 # A paid job is never submitted before MLflow answers: a wrong tracking URL
                 # must cost nothing. Free jobs start while MLflow is imported and opened
                 # on the loop's writer thread (a second or two).
-                start_tracking()
+                open_tracking()
                 start_tracking = None
             try:
                 return _drive(config, study, backend, tracker, data, sweep_id, leases,
