@@ -37,6 +37,10 @@ TrialState = optuna.trial.TrialState
 N_TRIALS = 6
 OUTAGE_S = 5.0  # down this long, plus the restart (~15 s here)
 
+# MLflow 3 starts job-runner processes (GenAI evaluation jobs) beside every server; a sweep
+# never uses them, and on two cores they slowed every test that starts a server.
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 class MlflowServer:
     """``mlflow server`` on a fixed loopback port and SQLite store; killed and restarted."""
@@ -53,7 +57,7 @@ class MlflowServer:
              "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
              "--artifacts-destination", str(self.folder / "server-artifacts")],
             cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # its own group, to kill its workers too
+            env=SERVER_ENV, start_new_session=True)  # its own group, to kill its workers too
         deadline = time.monotonic() + 120
         while True:
             assert self.process.poll() is None, "mlflow server exited at start"

@@ -39,6 +39,10 @@ from tests.sweeps_tests.fake_backend import FakeBackend
 
 TrialState = optuna.trial.TrialState
 
+# MLflow 3 starts job-runner processes (GenAI evaluation jobs) beside every server; a sweep
+# never uses them, and on two cores they slowed every test that starts a server.
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 def make_leases(config, *, lease_s: float = 30.0, study_concurrency: int | None = None):
     """A worker's view of the study: its own study object, lock handle and worker id."""
@@ -240,7 +244,8 @@ def mlflow_server(pg_databases, tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", pg_databases[1],
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+         "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+        env=SERVER_ENV)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
