@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Longest tests first, balanced across the xdist workers (see the module).
+pytest_plugins = ["tests._slowest_first"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -33,11 +33,13 @@ def _configurations(config_path: Path) -> list[tuple[float, ...]]:
     return [tuple(sorted(t.params.items())) for t in finished]
 
 
-def _seeded_sweep(folder: Path, mlflow_template: Path, *, name: str, n_trials: int) -> Path:
+def _seeded_sweep(folder: Path, mlflow_template: Path, *, name: str, n_trials: int,
+                  n_startup_trials: int = 10) -> Path:
     write_curves(folder, duration_s=0.3)
     config_path = write_config(
         folder, name=name, n_trials=n_trials, concurrency=1, poll_interval_s=0.05,
-        search_space=SPACE, sampler={"kind": "tpe", "seed": 0, "n_startup_trials": 10},
+        search_space=SPACE,
+        sampler={"kind": "tpe", "seed": 0, "n_startup_trials": n_startup_trials},
         # Wall-clock jobs: workers side by side share one time (job time is per process).
         backend={"kind": "replay", "curves": "curves.json", "time_scale": 0.1,
                  "clock": "wall"})
@@ -47,8 +49,13 @@ def _seeded_sweep(folder: Path, mlflow_template: Path, *, name: str, n_trials: i
 
 def test_a_seeded_sweep_killed_after_every_trial_trains_distinct_configurations(
         tmp_path: Path, mlflow_template: Path) -> None:
-    n_trials = 12
-    config_path = _seeded_sweep(tmp_path, mlflow_template, name="kills", n_trials=n_trials)
+    # A restart can replay a proposal in either phase of the sampler: the seeded random start
+    # (where a per-process seed replays the same draws) and the TPE phase after it. A kill
+    # after every trial, 4 trials in the random start and 2 in TPE, puts restarts in both;
+    # each further process would cover the same two windows again at a few seconds each.
+    n_trials = 6
+    config_path = _seeded_sweep(tmp_path, mlflow_template, name="kills", n_trials=n_trials,
+                                n_startup_trials=4)
     n_kills = 0
     for _ in range(3 * n_trials):
         # Each process tells one trial, then dies before telling the next.

@@ -33,30 +33,57 @@ from tests.sweeps_tests.conftest import write_curves
 
 SEED = 20261204
 
-_CREATE_STORES = """
-import sys
+# One child imports the store code once, then forks a fresh process per creation and
+# SIGKILLs it after the given delay: each kill still hits a process of its own in the middle
+# of creating the stores (nothing in it runs after the signal), without paying MLflow's
+# seconds of import per kill. It answers "killed" (the kill landed before the creation
+# ended) or "done".
+_CREATE_AND_KILL = """
+import os, signal, sys, time
 from sweeps._embedded_stores import ensure_optuna_store
 from sweeps.tracking._store import ensure_mlflow_store
 import optuna  # imported before 'ready'
 print("ready", flush=True)
-ensure_mlflow_store(f"sqlite:///{sys.argv[1]}/mlflow.db", artifact_root=None)
-ensure_optuna_store(f"sqlite:///{sys.argv[1]}/optuna.db")
-print("done", flush=True)
+for line in sys.stdin:
+    folder, delay_s = line.split()
+    pid = os.fork()
+    if pid == 0:
+        ensure_mlflow_store(f"sqlite:///{folder}/mlflow.db", artifact_root=None)
+        ensure_optuna_store(f"sqlite:///{folder}/optuna.db")
+        os._exit(0)
+    time.sleep(float(delay_s))
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        print("killed", flush=True)
+    else:
+        print("done" if os.WEXITSTATUS(status) == 0 else f"failed {status}", flush=True)
 """
 
 
-def _create_and_kill(folder: Path, delay_s: float) -> bool:
-    """Start creating both stores in a child; SIGKILL it ``delay_s`` after it starts.
-    True if the kill landed before the stores were done."""
-    child = subprocess.Popen([sys.executable, "-c", _CREATE_STORES, str(folder)],
-                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True)
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
-    time.sleep(delay_s)
-    child.send_signal(signal.SIGKILL)
-    rest = child.communicate(timeout=30)[0]
-    return "done" not in rest
+class _StoreCreator:
+    """The forking child of ``_CREATE_AND_KILL``."""
+
+    def __init__(self) -> None:
+        self.child = subprocess.Popen([sys.executable, "-c", _CREATE_AND_KILL],
+                                      cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        assert self.child.stdout is not None
+        assert self.child.stdout.readline().strip() == "ready"
+
+    def create_and_kill(self, folder: Path, delay_s: float) -> bool:
+        """Create both stores in ``folder`` in a new process, SIGKILLed ``delay_s`` after it
+        starts. True if the kill landed before the stores were done."""
+        assert self.child.stdin is not None and self.child.stdout is not None
+        self.child.stdin.write(f"{folder} {delay_s}\n")
+        self.child.stdin.flush()
+        answer = self.child.stdout.readline().strip()
+        assert answer in ("killed", "done"), answer
+        return answer == "killed"
+
+    def close(self) -> None:
+        self.child.kill()
+        self.child.wait(timeout=30)
 
 
 def _assert_stores_work(folder: Path) -> None:
@@ -73,7 +100,11 @@ def test_stores_killed_at_many_points_of_their_creation_open_whole(tmp_path: Pat
     # Kills spread over the whole creation window (about 1.5 s here; slower machines stretch
     # it, so the later kills still land inside), on the same folder one after the other.
     delays = [0.12 * i for i in range(14)]
-    landed = sum(_create_and_kill(tmp_path, delay) for delay in delays)
+    creator = _StoreCreator()
+    try:
+        landed = sum(creator.create_and_kill(tmp_path, delay) for delay in delays)
+    finally:
+        creator.close()
     assert landed >= len(delays) // 2, f"only {landed} kills hit the creation window"
 
     ensure_mlflow_store(f"sqlite:///{tmp_path}/mlflow.db", artifact_root=None)
