@@ -96,13 +96,17 @@ def fake_service(kind: str, *, epoch_s: float = 0.3, step_s: float = 0.05,
         process.wait(timeout=10)
 
 
+# The fakes' jobs last seconds, not hours: poll them at that pace, not the services' minutes.
+FAKE_POLLING = {"poll_interval_s": 0.5, "max_poll_interval_s": 2.0}
+
+
 def backend_section(service: FakeService | None, folder: Path) -> dict[str, Any]:
     """The ``backend:`` config for a fake (or the replay backend when ``service`` is None)."""
     if service is None:
         return {"kind": "replay", "curves": "curves.json", "time_scale": 0.3}
     if service.kind == "gemini-api":
         return {"kind": "gemini-api", "base_url": service.url, "api_key_env": "FAKE_GEMINI_KEY",
-                "timeout_s": 5}
+                "timeout_s": 5, **FAKE_POLLING}
     from tests.gemini_backend_tests.fake_vertex import service_account_key
 
     key_path = folder / "sa-key.json"
@@ -112,7 +116,7 @@ def backend_section(service: FakeService | None, folder: Path) -> dict[str, Any]
             "base_url": service.url, "storage_base_url": service.url,
             "credentials_file": "sa-key.json", "timeout_s": 5,
             # The fakes' list shows a job at once unless told to lag: a short wait suffices.
-            "list_lag_window_s": 2}
+            "list_lag_window_s": 2, **FAKE_POLLING}
 
 
 def sweep_env(**extra: str) -> dict[str, str]:

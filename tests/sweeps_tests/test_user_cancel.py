@@ -162,7 +162,7 @@ def test_cancel_some_trials_the_sweep_goes_on(tmp_path, seed_mlflow, repo_root,
     overrides: dict = {"search_space": SEARCH_SPACE}
     service_context = nullcontext(None)
     if kind.startswith("replay"):
-        write_curves(tmp_path, duration_s=20.0)
+        write_curves(tmp_path, duration_s=8.0)  # running when the cancel lands
         overrides["backend"] = {"kind": "replay", "curves": "curves.json", "time_scale": 1.0,
                                 "clock": "simulated" if kind.endswith("simulated") else "wall"}
     elif kind == "local":
