@@ -4,11 +4,11 @@ For each held-out curve set, a candidate policy is chosen on every *other* set's
 only the held-out set's results of that choice are reported: a figure never comes from numbers
 picked on its own data. ``cost_efficiency.py --leave-one-out`` runs the sweeps and calls this.
 
-Choice rule: among candidates that reach the target in at least ``MIN_REACH`` of the sweeps
-of every cell (set x space) they are chosen on, the lowest geometric mean of the token ratios
-to plain TPE; when none is that safe, the one with the highest worst-cell reach rate (then
-the lowest geometric mean): safety first, cost second, as the default must never silently
-lose the winner.
+Choice rule: the fewest cells (set x space) where the candidate reaches the target in under
+``MIN_REACH`` of its sweeps, then the highest worst-cell reach rate, then the lowest
+geometric mean of the token ratios to plain TPE: safety first, cost second, as the default
+must never silently lose the winner. (Counting unsafe cells, not only the worst one, keeps
+the choice meaningful when one set's target is out of every method's reach.)
 """
 
 from __future__ import annotations
@@ -67,13 +67,13 @@ def geomean(ratios: Iterable[float]) -> float:
 
 def choose(candidates: Sequence[str], sets: Sequence[str], results: Results) -> str:
     """The candidate the choice rule picks from ``results`` of ``sets`` only."""
-    def score(candidate: str) -> tuple[bool, float, float]:
+    def score(candidate: str) -> tuple[int, float, float]:
         cells = [cell for name in sets for cell in results[(candidate, name)]]
+        unsafe = sum(cell.reach_rate < MIN_REACH for cell in cells)
         worst_reach = min(cell.reach_rate for cell in cells)
         cost = geomean(cell.ratio for cell in cells)
         cost = math.inf if math.isnan(cost) else cost
-        safe = worst_reach >= MIN_REACH
-        return (not safe, 0.0 if safe else -worst_reach, cost)
+        return (unsafe, -worst_reach, cost)
 
     return min(candidates, key=score)
 

@@ -127,6 +127,14 @@ def test_a_safe_candidate_wins_over_a_cheaper_one_that_misses_the_target() -> No
     assert leave_one_out.choose(["cheap", "safer"], ["a"], unsafe) == "safer"
 
 
+def test_a_target_no_method_reaches_does_not_make_the_choice_arbitrary() -> None:
+    # Set "a" is out of every candidate's reach (2 of 10). Among the rest, "misses" also
+    # falls short on "b": it must lose to "safe" however cheap it is.
+    results = {("misses", "a"): cells(0.2, reached=2), ("misses", "b"): cells(0.2, reached=6),
+               ("safe", "a"): cells(0.9, reached=2), ("safe", "b"): cells(0.9)}
+    assert leave_one_out.choose(["misses", "safe"], ["a", "b"], results) == "safe"
+
+
 def test_one_set_cannot_be_left_out() -> None:
     with pytest.raises(ValueError, match="at least two"):
         leave_one_out.leave_one_set_out(["x"], ["a"], {("x", "a"): cells(1.0)})
