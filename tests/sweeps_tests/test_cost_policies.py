@@ -533,6 +533,9 @@ def test_shipped_configs_use_the_policy_the_cost_benchmark_measures(name: str) -
 
     assert shipped["search_space"]["epochs"] == policy["epochs"]
     assert shipped["pruner"] == policy["pruner"]
+    chosen = bench["CANDIDATES"]["no-pruner/no-patience/start6"]  # chosen on every set
+    assert policy["sampler"] == chosen["sampler"] and "pruner" not in chosen
+    assert policy["epochs"] == {**chosen["epochs"], "max": 8}
     assert shipped["sampler"]["kind"] == policy["sampler"].get("kind", "tpe")
     assert shipped["sampler"]["n_startup_trials"] == policy["sampler"]["n_startup_trials"]
     assert shipped["sampler"]["start"] == policy["sampler"]["start"]
