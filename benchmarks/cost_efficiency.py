@@ -384,7 +384,6 @@ def _truth(dataset: str) -> Truth:
 
 def run_one(task: tuple[str, str, str, int, int, int]) -> tuple[tuple[str, str, str], Trace]:
     space, dataset, method, seed, n_trials, concurrency = task
-    _quiet()
     with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
         folder = Path(tmp)
         config = make_config(folder, dataset, space, ALL_METHODS[method], seed=seed,
@@ -523,7 +522,8 @@ def main() -> None:
     traces: dict[tuple[str, str, str], list[Trace]] = {}
     kept = TraceCache(args.keep_traces) if args.keep_traces else None
     to_run = [task for task in tasks if kept is None or not kept.add_to(traces, task)]
-    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+    # Each worker silences its own logging; run_one leaves a caller's logging alone.
+    with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_quiet) as pool:
         for task, trace in zip(to_run, pool.imap(run_one, to_run, chunksize=4), strict=True):
             traces.setdefault(trace[0], []).append(trace[1])
             if kept is not None:

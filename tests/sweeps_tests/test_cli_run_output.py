@@ -23,14 +23,15 @@ CLI = [sys.executable, "-c", "from sweeps.cli import main; main()"]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR)")
 
 
-def replay_config(folder: Path, *, time_scale: float, n_trials: int) -> Path:
+def replay_config(folder: Path, *, time_scale: float, n_trials: int,
+                  clock: str = "simulated") -> Path:
     (folder / "data").mkdir(exist_ok=True)
     for name in ("next_number.jsonl", "curves_next_number.json"):
         shutil.copy(REPO_ROOT / "configs" / "data" / name, folder / "data")
     config = {"name": "output-sweep",
               "dataset": {"path": "data/next_number.jsonl", "validation_split": 0.15},
               "backend": {"kind": "replay", "curves": "data/curves_next_number.json",
-                          "time_scale": time_scale},
+                          "time_scale": time_scale, "clock": clock},
               "search_space": {"epochs": {"mode": "from_curve", "max": 8, "patience": 2},
                                "batch_size": {"choices": [8, 16, 32]},
                                "learning_rate_multiplier": {"low": 0.3, "high": 10,
@@ -80,7 +81,8 @@ def ctrl_c_when(pattern: str, config: Path, *,
 
 
 def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path: Path) -> None:
-    config = replay_config(tmp_path, time_scale=0.1, n_trials=4)
+    # Jobs in wall-clock time: in job time the sweep could end before the signal lands.
+    config = replay_config(tmp_path, time_scale=0.1, n_trials=4, clock="wall")
     # -X importtime reports each import as it ends: once typer is imported, the process is
     # inside `main`, loading the command line (the first of its imports in `main`).
     code, lines = ctrl_c_when(r"\| +typer$", config, python_flags=("-X", "importtime"))

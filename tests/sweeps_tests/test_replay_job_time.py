@@ -25,11 +25,15 @@ TrialState = optuna.trial.TrialState
 
 
 def replay_demo(folder: Path, repo_root: Path, *, time_scale: float) -> list:
-    """Run configs/replay.yaml as shipped in ``folder`` at ``time_scale``: each trial's
-    record."""
+    """Run configs/replay.yaml (with a pruner and patience) in ``folder`` at ``time_scale``:
+    each trial's record."""
     shutil.copytree(repo_root / "configs" / "data", folder / "data")
     data = yaml.safe_load((repo_root / "configs" / "replay.yaml").read_text(encoding="utf-8"))
     data["backend"]["time_scale"] = time_scale
+    # The shipped policy cancels nothing early; a pruner and patience give the sweep
+    # decisions that a wall clock would make depend on when a poll lands.
+    data["pruner"] = {"kind": "behind_leader", "ratio": 1.3, "min_epochs": 2}
+    data["search_space"]["epochs"]["patience"] = 2
     (folder / "replay.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     config = load_config(folder / "replay.yaml")
     run_sweep(config, tracker=NullTracker())

@@ -214,11 +214,17 @@ def test_resume_after_interrupt_submits_nothing_twice(make_config, clock) -> Non
     running = open_study(config).get_trials(states=(TrialState.RUNNING,))
     assert running, "the interrupt should leave jobs in flight"
 
+    assert_rerun_completes_without_resubmitting(config, backend, clock, n_trials=6)
+
+
+def assert_rerun_completes_without_resubmitting(config, backend: FakeBackend, clock, *,
+                                                n_trials: int) -> None:
+    """The next run collects every job in flight: all trials complete, none paid twice."""
     result = run(config, backend, clock)
     trials = open_study(config).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
-    assert len(backend.submits) == len(set(backend.submits)) == 6
-    assert result.n_complete == 6
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n_trials
+    assert len(backend.submits) == len(set(backend.submits)) == n_trials
+    assert result.n_complete == n_trials
 
 
 class UnopenableTracker(NullTracker):
@@ -228,6 +234,12 @@ class UnopenableTracker(NullTracker):
         raise TrackingError("MLflow: opening the sweep's parent run failed: connection refused")
 
 
+def run_with_unopenable_mlflow(config, backend: FakeBackend, clock) -> None:
+    with pytest.raises(TrackingError, match="connection refused"):
+        run_sweep(config, backend=backend, tracker=UnopenableTracker(), clock=clock,
+                  sleep=clock.sleep)
+
+
 def test_mlflow_that_cannot_be_opened_stops_the_sweep_and_a_rerun_collects_its_jobs(
         make_config, clock) -> None:
     """MLflow is opened beside the first submits: its failure stops the sweep with its error,
@@ -235,18 +247,12 @@ def test_mlflow_that_cannot_be_opened_stops_the_sweep_and_a_rerun_collects_its_j
     them without submitting anything twice."""
     config = make_config(n_trials=4, concurrency=2)
     backend = FakeBackend(clock=clock)
-    with pytest.raises(TrackingError, match="connection refused"):
-        run_sweep(config, backend=backend, tracker=UnopenableTracker(), clock=clock,
-                  sleep=clock.sleep)
+    run_with_unopenable_mlflow(config, backend, clock)
     assert backend.cancels == []
     left = open_study(config).get_trials()
     assert {t.state for t in left} <= {TrialState.RUNNING}  # nothing told without its run
 
-    result = run(config, backend, clock)
-    trials = open_study(config).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    assert len(backend.submits) == len(set(backend.submits)) == 4
-    assert result.n_complete == 4
+    assert_rerun_completes_without_resubmitting(config, backend, clock, n_trials=4)
 
 
 class PaidFakeBackend(FakeBackend):
@@ -263,9 +269,7 @@ def test_mlflow_that_cannot_be_opened_costs_nothing_on_a_backend_that_bills_jobs
     input, refused before a job is paid for."""
     config = make_config(n_trials=4, concurrency=2)
     backend = PaidFakeBackend(clock=clock)
-    with pytest.raises(TrackingError, match="connection refused"):
-        run_sweep(config, backend=backend, tracker=UnopenableTracker(), clock=clock,
-                  sleep=clock.sleep)
+    run_with_unopenable_mlflow(config, backend, clock)
     assert backend.submits == []
 
 

@@ -169,7 +169,8 @@ def test_cancel_some_trials_the_sweep_goes_on(tmp_path, seed_mlflow, repo_root,
         shutil.copyfile(repo_root / "configs" / "data" / "next_number.jsonl",
                         tmp_path / "data.jsonl")
         overrides["backend"] = {"kind": "local", "job_root": "jobs"}
-        overrides["search_space"] = {**SEARCH_SPACE, "epochs": {"value": 2},
+        # Long enough to be still training when the cancel lands on a loaded machine.
+        overrides["search_space"] = {**SEARCH_SPACE, "epochs": {"value": 6},
                                      "batch_size": {"value": 16}}
     else:
         service_context = fake_service(kind, epoch_s=2.0, step_s=0.3)
