@@ -33,6 +33,9 @@ from gemini_backend.replay.backend import ReplayBackend
 from sweeps import SweepConfig
 from sweeps import trial_record as ts
 from sweeps.engine.runner import open_study
+from tests._warm_runs import WarmRun
+from tests._warm_runs import run_warm
+from tests._warm_runs import start_warm
 from tests.conftest import REPO_ROOT
 
 TrialState = optuna.trial.TrialState
@@ -126,18 +129,23 @@ def sweep_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_run(config_path: Path, *, env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([*RUN, str(config_path), "-q"], cwd=config_path.parent,
-                            env=env or sweep_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+def start_run(config_path: Path, *, env: dict[str, str] | None = None, cold: bool = False
+              ) -> subprocess.Popen[bytes] | WarmRun:
+    """`gemini-sweep run CONFIG -q`, its output and errors in one stream; forked from the warm
+    launcher unless ``cold`` (a new interpreter: for tests of the run's first seconds)."""
+    args = ["run", str(config_path), "-q"]
+    if cold:
+        return subprocess.Popen([*RUN[:-1], *args], cwd=config_path.parent,
+                                env=env or sweep_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+    return start_warm(args, cwd=config_path.parent, env=env or sweep_env())
 
 
 def run_to_end(config_path: Path, *, timeout_s: float = 240, **env: str
                ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*RUN, str(config_path)], cwd=config_path.parent,
-                          env=sweep_env(**env), capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    """`gemini-sweep run CONFIG` to its end, forked from the warm launcher."""
+    return run_warm(["run", str(config_path)], cwd=config_path.parent, env=sweep_env(**env),
+                    timeout_s=timeout_s)
 
 
 # --- what was created, what was recorded -------------------------------------------------

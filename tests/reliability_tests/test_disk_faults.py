@@ -14,7 +14,6 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from gemini_backend.local._jobdir import job_id_for
 from sweeps import load_config
 from sweeps import trial_record as ts
 from sweeps.engine.runner import open_study
+from tests._warm_runs import run_warm
 from tests.conftest import REPO_ROOT
 from tests.gemini_backend_tests.test_local import TIMEOUT_S
 from tests.gemini_backend_tests.test_local import request
@@ -38,7 +38,6 @@ from tests.reliability_tests._sweep_procs import seed_mlflow
 from tests.sweeps_tests.conftest import write_config
 
 TrialState = optuna.trial.TrialState
-RUN = [sys.executable, "-c", "from sweeps.cli import main; main()", "run"]
 SEARCH_SPACE = {"epochs": {"value": 1}, "batch_size": {"value": 16},
                 "learning_rate_multiplier": {"low": 0.5, "high": 2.0, "log": True}}
 
@@ -75,8 +74,8 @@ def sweep(folder: Path, template: Path, **overrides) -> Path:
 
 
 def run(config_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*RUN, str(config_path)], cwd=config_path.parent,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return run_warm(["run", str(config_path)], cwd=config_path.parent, env=dict(os.environ),
+                    timeout_s=300)
 
 
 def test_read_only_job_root_is_refused_before_any_trial_and_the_sweep_runs_once_fixed(

@@ -116,7 +116,7 @@ def test_sweep_survives_an_mlflow_outage_and_every_point_reaches_it(
     sweep = start_run(config_path, env=sweep_env(**env))
     deadline = time.monotonic() + 120
     while n_finished(config) < 1:  # the first trial is recorded (told after its run)
-        assert sweep.poll() is None, sweep.stdout.read().decode()  # type: ignore[union-attr]
+        assert sweep.poll() is None, sweep.communicate()[0]
         assert time.monotonic() < deadline
         time.sleep(0.1)
     server.kill()

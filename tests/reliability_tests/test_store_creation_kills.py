@@ -185,7 +185,7 @@ def test_a_sweep_killed_in_its_first_seconds_again_and_again_finishes(tmp_path: 
     rng = random.Random(SEED)
     n_in_window = 0
     for _ in range(8):
-        process = start_run(config_path)
+        process = start_run(config_path, cold=True)
         if _wait_for_store_files(config.state_dir, process):
             time.sleep(rng.uniform(0.0, 1.5))
             if process.poll() is None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,26 +23,20 @@ from gemini_backend.replay.backend import ReplayBackend
 from sweeps import load_config
 from sweeps import trial_record as ts
 from sweeps.engine.runner import open_study
+from tests._warm_runs import WarmRun
+from tests._warm_runs import start_warm
 from tests.sweeps_tests.conftest import write_config
 from tests.sweeps_tests.conftest import write_curves
 
 TrialState = optuna.trial.TrialState
 
-RUN = [sys.executable, "-c", "from sweeps.cli import main; main()", "run"]
 SEARCH_SPACE = {"epochs": {"value": 4},
                 "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}}
 
 
-def start_sweep(config_path: Path) -> subprocess.Popen[bytes]:
-    # Ctrl-C in a terminal: a shell without job control starts background commands with
-    # SIGINT ignored (CI may run so), the sweep would inherit that and never see the signal.
-    return subprocess.Popen([*RUN, str(config_path), "-q"], cwd=config_path.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_ctrl_c_as_in_a_terminal)
-
-
-def _ctrl_c_as_in_a_terminal() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def start_sweep(config_path: Path) -> WarmRun:
+    return start_warm(["run", str(config_path), "-q"], cwd=config_path.parent,
+                      env=dict(os.environ))
 
 
 def created_jobs(config) -> list[str]:
@@ -58,11 +50,11 @@ def created_jobs(config) -> list[str]:
     return [p.name for p in job_root.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
-def kill_when(process: subprocess.Popen[bytes], config, *, submissions: int) -> None:
+def kill_when(process: WarmRun, config, *, submissions: int) -> None:
     """SIGKILL the sweep as soon as the backend has created ``submissions`` jobs."""
     deadline = time.monotonic() + 180
     while len(created_jobs(config)) < submissions:
-        assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+        assert process.poll() is None, process.communicate()[0]
         assert time.monotonic() < deadline, "the sweep never reached the kill point"
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)

@@ -26,6 +26,8 @@ from sweeps import load_config
 from sweeps import trial_record as ts
 from sweeps._user_cancel import USER_CANCEL_MESSAGE
 from sweeps.results.sweep_results import load_study
+from tests._warm_runs import WarmRun
+from tests._warm_runs import start_warm
 from tests.reliability_tests._sweep_procs import backend_section
 from tests.reliability_tests._sweep_procs import created_jobs
 from tests.reliability_tests._sweep_procs import fake_service
@@ -40,7 +42,7 @@ SEARCH_SPACE = {"epochs": {"value": 4},
                 "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}}
 
 
-_started: list[subprocess.Popen[str]] = []
+_started: list[WarmRun] = []
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +56,9 @@ def _stop_leftover_runs():
             process.wait(timeout=30)
 
 
-def start_run(config_path: Path, *extra: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen([*CLI, "run", str(config_path), "-q", *extra],
-                            cwd=config_path.parent, env=sweep_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def start_run(config_path: Path, *extra: str) -> WarmRun:
+    process = start_warm(["run", str(config_path), "-q", *extra], cwd=config_path.parent,
+                         env=sweep_env(), text=True)
     _started.append(process)
     return process
 
@@ -74,7 +75,7 @@ def trials_of(config, storage: str | None = None) -> list[optuna.trial.FrozenTri
                       storage=storage or config.storage_url).get_trials()
 
 
-def wait_for_jobs(config, process: subprocess.Popen[str], n: int, *,
+def wait_for_jobs(config, process: WarmRun, n: int, *,
                   storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
     """Wait until ``n`` RUNNING trials have a job reference stored and one reported a point."""
     deadline = time.monotonic() + 180
