@@ -57,6 +57,8 @@ def become_run(request):
         opened = os.open(path, mode, 0o644)
         os.dup2(opened, fd)
         os.close(opened)
+    # Ctrl-C as in a terminal: a shell without job control (CI may run so) starts background
+    # commands with SIGINT ignored, and the launcher would pass that on to every run.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for number in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)

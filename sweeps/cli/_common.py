@@ -86,8 +86,3 @@ def exit_code_of(exc: SweepError | BackendError) -> int:
     is_outage = isinstance(exc, ServiceUnavailable) or (
         isinstance(exc, BackendError) and exc.retryable)
     return EXIT_UNAVAILABLE if is_outage else EXIT_BAD_INPUT
-
-
-def not_yet_available(command: str, issue: int) -> None:
-    err_console.print(f"error: `gemini-sweep {command}` is not available yet (issue #{issue})")
-    raise typer.Exit(EXIT_BAD_INPUT)
