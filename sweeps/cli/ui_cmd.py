@@ -70,10 +70,12 @@ def ui_command(
             err_console.print(f"error: the MLflow server did not start; its log "
                               f"({log_path}) ends with:\n{_tail(log_path)}", markup=False)
             raise typer.Exit(EXIT_FAILED)
-        console.print(f"MLflow UI: {experiment_url(base_url, config.name)}", markup=False,
-                      highlight=False)
-        console.print("press Ctrl-C to stop it", markup=False)
+        # Ctrl-C is a clean stop from the moment the URL is shown: a user (or a script)
+        # may press it as soon as the first line appears.
         try:
+            console.print(f"MLflow UI: {experiment_url(base_url, config.name)}",
+                          markup=False, highlight=False)
+            console.print("press Ctrl-C to stop it", markup=False)
             server.wait()
         except KeyboardInterrupt:
             console.print("stopping the MLflow UI", markup=False)
