@@ -31,7 +31,7 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT
 
 _LAUNCHER = r"""
-import json, os, signal, sys, threading
+import gc, json, os, signal, sys, threading
 
 # What a `run` imports, lazily or on its tracking thread: loaded once, shared by every fork.
 import mlflow, mlflow.tracking
@@ -44,6 +44,9 @@ from sweeps.cli import main
 # Forking is only safe from a single thread: no import may have left one running.
 assert threading.active_count() == 1, threading.enumerate()
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+# Out of the collector's sight: a run's collections (and its exit's) would otherwise walk, and
+# copy page by page, every object imported here, a second of CPU per run.
+gc.freeze()
 print("ready", flush=True)
 
 
@@ -63,7 +66,8 @@ def become_run(request):
     for number in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)
     sys.argv = ["gemini-sweep", *request["args"]]
-    main()  # raises SystemExit: the interpreter then exits as a cold one would
+    main()  # raises SystemExit: the run then exits as a cold interpreter would
+    sys.exit(0)
 
 
 for line in sys.stdin:
@@ -76,7 +80,6 @@ for line in sys.stdin:
         if pid == 0:
             os.close(write_end)
             become_run(request)
-            sys.exit(0)
         os.write(write_end, f"{pid}\n".encode())
         os.close(write_end)
         _, status = os.waitpid(pid, 0)
@@ -157,8 +160,9 @@ class _Launcher:
         folder = self.folder / str(next(self.numbers))
         folder.mkdir()
         stderr = folder / ("stdout" if merge_stderr else "stderr")
-        request = {"args": args, "cwd": str(cwd), "env": env, "stdout": str(folder / "stdout"),
-                   "stderr": str(stderr), "status": str(folder / "status")}
+        request = {"args": args, "cwd": os.path.abspath(cwd), "env": env,
+                   "stdout": str(folder / "stdout"), "stderr": str(stderr),
+                   "status": str(folder / "status")}
         assert self.process.stdin is not None and self.process.stdout is not None
         with self.lock:
             self.process.stdin.write(json.dumps(request) + "\n")
@@ -175,17 +179,19 @@ class _Launcher:
 _launcher: _Launcher | None = None
 
 
-def start_warm(args: list[str], *, cwd: Path, env: dict[str, str], text: bool = False,
-               merge_stderr: bool = True) -> WarmRun:
-    """``gemini-sweep <args>`` as a process forked from this test worker's warm launcher."""
+def start_warm(args: list[str], *, cwd: Path, env: dict[str, str] | None = None,
+               text: bool = False, merge_stderr: bool = True) -> WarmRun:
+    """``gemini-sweep <args>`` as a process forked from this test worker's warm launcher,
+    in ``env`` (default: this process's environment now)."""
     global _launcher
     if _launcher is None:
         _launcher = _Launcher()
         atexit.register(_launcher.close)
-    return _launcher.start(args, cwd, env, text=text, merge_stderr=merge_stderr)
+    return _launcher.start(args, cwd, dict(os.environ) if env is None else env, text=text,
+                           merge_stderr=merge_stderr)
 
 
-def run_warm(args: list[str], *, cwd: Path, env: dict[str, str],
+def run_warm(args: list[str], *, cwd: Path, env: dict[str, str] | None = None,
              timeout_s: float) -> subprocess.CompletedProcess[str]:
     """Like ``subprocess.run(..., capture_output=True, text=True)``."""
     process = start_warm(args, cwd=cwd, env=env, text=True, merge_stderr=False)

@@ -11,8 +11,6 @@ through ``validate`` and ``run`` as processes: both exit 2 with the line, and no
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from sweeps.policy.search_space import epoch_bounds
 from sweeps.policy.search_space import make_pruner
 from sweeps.policy.search_space import make_sampler
 from sweeps.policy.search_space import suggest_knobs
+from tests._warm_runs import run_warm
 from tests.conftest import REPO_ROOT
 from tests.sweeps_tests.conftest import write_curves
 from tests.sweeps_tests.conftest import write_dataset
@@ -189,10 +188,8 @@ def test_validate_and_run_refuse_the_number_with_its_line_before_any_job(
     config_path.write_text(head + text, encoding="utf-8")
     line = head.count("\n") + text.count("\n")  # the snippet's last line holds the key
     for command in ("validate", "run"):
-        done = subprocess.run(
-            [sys.executable, "-c", "from sweeps.cli import main; main()", command,
-             str(config_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-            check=False)
+        done = run_warm([command, str(config_path)], cwd=REPO_ROOT,
+                        timeout_s=120)
         output = done.stdout + done.stderr
         assert done.returncode == 2, (command, output)
         assert "Traceback" not in output

@@ -74,7 +74,7 @@ def sweep(folder: Path, template: Path, **overrides) -> Path:
 
 
 def run(config_path: Path) -> subprocess.CompletedProcess[str]:
-    return run_warm(["run", str(config_path)], cwd=config_path.parent, env=dict(os.environ),
+    return run_warm(["run", str(config_path)], cwd=config_path.parent,
                     timeout_s=300)
 
 

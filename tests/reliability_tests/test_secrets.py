@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typer.testing import CliRunner
 from sweeps import load_config
 from sweeps import run_sweep
 from sweeps.cli import app
+from tests._warm_runs import run_warm
 from tests.gemini_backend_tests.fake_gemini_api import FakeGeminiApi
 from tests.gemini_backend_tests.fake_vertex import FakeVertex
 from tests.gemini_backend_tests.fake_vertex import Timing
@@ -99,9 +98,8 @@ def test_no_secret_in_stores_logs_or_exports(source, gemini, vertex, mlflow_temp
         assert gemini.requests(method="POST")[0]["headers"]["x-goog-api-key"] == secrets[0]
 
     # The CLI, as a user runs it: `run -v` (resumes; DEBUG logs of preflight and polls).
-    run = subprocess.run([sys.executable, "-c", "from sweeps.cli import main; main()", "run",
-                          str(config_path), "-v"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120, check=False)
+    run = run_warm(["run", str(config_path), "-v"], cwd=tmp_path,
+                   timeout_s=120)
     assert run.returncode == 0, run.stderr
     status = cli.invoke(app, ["status", str(config_path)])
     assert status.exit_code == 0, status.output

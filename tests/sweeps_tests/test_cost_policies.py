@@ -11,8 +11,6 @@ import json
 import math
 import os
 import runpy
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from sweeps.results.export import best_config
 from sweeps.results.sweep_results import TrialRecord
 from sweeps.results.sweep_results import config_results
 from sweeps.tracking.tracker import NullTracker
+from tests._warm_runs import run_warm
 from tests.conftest import REPO_ROOT
 from tests.sweeps_tests.conftest import write_config
 from tests.sweeps_tests.conftest import write_dataset
@@ -406,13 +405,12 @@ def test_a_job_stopped_at_its_plateau_before_a_crash_completes_on_resume(tmp_pat
                               search_space={"epochs": {"mode": "from_curve", "max": 8,
                                                        "patience": 2},
                                             "learning_rate_multiplier": {"value": 1.0}})
-    argv = [sys.executable, "-c", "from sweeps.cli import main; main()", "run",
-            str(tmp_path / "sweep.yaml"), "-q"]
-    crashed = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=300,
-                             env={**os.environ, "GEMINI_SWEEP_CRASH_AT": "mid_record:1"})
-    assert crashed.returncode == -9, crashed.stdout.decode()[-2000:]
-    resumed = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout.decode()[-2000:]
+    argv = ["run", str(tmp_path / "sweep.yaml"), "-q"]
+    crashed = run_warm(argv, cwd=tmp_path, timeout_s=300,
+                       env={**os.environ, "GEMINI_SWEEP_CRASH_AT": "mid_record:1"})
+    assert crashed.returncode == -9, crashed.stdout[-2000:]
+    resumed = run_warm(argv, cwd=tmp_path, timeout_s=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
 
     (trial,) = open_study(config).trials
     assert trial.state is TrialState.COMPLETE

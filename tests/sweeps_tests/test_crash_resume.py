@@ -35,8 +35,7 @@ SEARCH_SPACE = {"epochs": {"value": 4},
 
 
 def start_sweep(config_path: Path) -> WarmRun:
-    return start_warm(["run", str(config_path), "-q"], cwd=config_path.parent,
-                      env=dict(os.environ))
+    return start_warm(["run", str(config_path), "-q"], cwd=config_path.parent)
 
 
 def created_jobs(config) -> list[str]:

@@ -15,6 +15,7 @@ from sweeps.engine.runner import run_sweep
 from sweeps.plateau.analysis import ended_epoch_losses
 from sweeps.plateau.analysis import epoch_means
 from sweeps.tracking.tracker import NullTracker
+from tests._warm_runs import run_warm
 from tests.sweeps_tests.fake_backend import FakeBackend
 
 TrialState = optuna.trial.TrialState
@@ -389,8 +390,6 @@ def test_a_sigkilled_sweep_resumes_a_stop_with_the_reason_stored_before_the_canc
     rerun (whose config has no patience now, so nothing would stop the job today) reads the
     stored reason, cancels the job and completes the trial on the epochs that decided it."""
     import os
-    import subprocess
-    import sys
 
     from gemini_backend.replay.backend import ReplayBackend
     from tests.sweeps_tests.test_cost_policies import _patience_config
@@ -399,19 +398,17 @@ def test_a_sigkilled_sweep_resumes_a_stop_with_the_reason_stored_before_the_canc
     config = _patience_config(tmp_path, n_trials=1, sampler={"kind": "random", "seed": 0},
                               search_space={"epochs": {"mode": "from_curve", "max": 8,
                                                        "patience": 2}, **space})
-    argv = [sys.executable, "-c", "from sweeps.cli import main; main()", "run",
-            str(tmp_path / "sweep.yaml"), "-q"]
-    crashed = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=300,
-                             env={**os.environ, "GEMINI_SWEEP_CRASH_AT":
-                                  "after_cancel_reason:1"})
-    assert crashed.returncode == -9, crashed.stdout.decode()[-2000:]
+    argv = ["run", str(tmp_path / "sweep.yaml"), "-q"]
+    crashed = run_warm(argv, cwd=tmp_path, timeout_s=300,
+                       env={**os.environ, "GEMINI_SWEEP_CRASH_AT": "after_cancel_reason:1"})
+    assert crashed.returncode == -9, crashed.stdout[-2000:]
     (trial,) = open_study(config).trials
     assert trial.state is TrialState.RUNNING
 
     _patience_config(tmp_path, n_trials=1, sampler={"kind": "random", "seed": 0},
                      search_space={"epochs": {"mode": "from_curve", "max": 8}, **space})
-    resumed = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout.decode()[-2000:]
+    resumed = run_warm(argv, cwd=tmp_path, timeout_s=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
     (trial,) = open_study(config).trials
     assert trial.state is TrialState.COMPLETE
     assert trial.user_attrs["stopped_after_epoch"] == 5
