@@ -6,8 +6,10 @@ per test worker imports them once and forks each run from itself. Every run is s
 OS process running the real CLI's ``main``: its own pid, environment, working directory,
 stdout and stderr; a SIGKILL kills it alone, mid-write, as it would a cold one, and it exits
 the way a cold interpreter does (atexit handlers, non-daemon threads joined). Only the
-imports are shared. Tests about start-up itself (the first second of a run, lazy imports,
-Ctrl-C before the first trial) start cold interpreters instead.
+imports are shared, and what they set up: the CLI's consoles are built before a run's
+environment is in place (``COLUMNS`` is not read again). Tests about start-up itself (the first
+second of a run, lazy imports, Ctrl-C before the first trial) or about the layout of the
+output start cold interpreters instead.
 
 The launcher forks a small supervisor per run, which forks the run, hands its pid back and
 writes its exit status to a file when it ends: the launcher never waits, so runs may overlap.
@@ -56,7 +58,10 @@ def become_run(request):
     os.environ.update(request["env"])
     for fd, path, mode in ((0, os.devnull, os.O_RDONLY),
                            (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                           (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)):
+                           (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        if fd == 2 and path == request["stdout"]:  # one stream: share stdout's file offset
+            os.dup2(1, 2)
+            continue
         opened = os.open(path, mode, 0o644)
         os.dup2(opened, fd)
         os.close(opened)
