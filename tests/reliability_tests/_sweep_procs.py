@@ -133,12 +133,12 @@ def start_run(config_path: Path, *, env: dict[str, str] | None = None, cold: boo
               ) -> subprocess.Popen[bytes] | WarmRun:
     """`gemini-sweep run CONFIG -q`, its output and errors in one stream; forked from the warm
     launcher unless ``cold`` (a new interpreter: for tests of the run's first seconds)."""
-    args = ["run", str(config_path), "-q"]
     if cold:
-        return subprocess.Popen([*RUN[:-1], *args], cwd=config_path.parent,
+        return subprocess.Popen([*RUN, str(config_path), "-q"], cwd=config_path.parent,
                                 env=env or sweep_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
-    return start_warm(args, cwd=config_path.parent, env=env or sweep_env())
+    return start_warm(["run", str(config_path), "-q"], cwd=config_path.parent,
+                      env=env or sweep_env())
 
 
 def run_to_end(config_path: Path, *, timeout_s: float = 240, **env: str

@@ -28,12 +28,12 @@ from gemini_backend.local._jobdir import job_id_for
 from sweeps import load_config
 from sweeps import trial_record as ts
 from sweeps.engine.runner import open_study
-from tests._warm_runs import run_warm
 from tests.conftest import REPO_ROOT
 from tests.gemini_backend_tests.test_local import TIMEOUT_S
 from tests.gemini_backend_tests.test_local import request
 from tests.gemini_backend_tests.test_local import small_config
 from tests.gemini_backend_tests.test_local import wait_terminal
+from tests.reliability_tests._sweep_procs import run_to_end
 from tests.reliability_tests._sweep_procs import seed_mlflow
 from tests.sweeps_tests.conftest import write_config
 
@@ -73,17 +73,12 @@ def sweep(folder: Path, template: Path, **overrides) -> Path:
     return config_path
 
 
-def run(config_path: Path) -> subprocess.CompletedProcess[str]:
-    return run_warm(["run", str(config_path)], cwd=config_path.parent,
-                    timeout_s=300)
-
-
 def test_read_only_job_root_is_refused_before_any_trial_and_the_sweep_runs_once_fixed(
         tmp_path, job_root, mlflow_template) -> None:
     config_path = sweep(tmp_path, mlflow_template, n_trials=2)
     mount_tmpfs(job_root, "8m", read_only=True)
 
-    refused = run(config_path)
+    refused = run_to_end(config_path, timeout_s=300)
     assert refused.returncode == 2, refused.stderr  # bad input: nothing was spent
     assert "backend.job_root" in refused.stderr
     assert "Read-only file system" in refused.stderr
@@ -92,7 +87,7 @@ def test_read_only_job_root_is_refused_before_any_trial_and_the_sweep_runs_once_
     assert list(job_root.iterdir()) == []
 
     assert mount("-o", "remount,rw", str(job_root)).returncode == 0
-    resumed = run(config_path)
+    resumed = run_to_end(config_path, timeout_s=300)
     assert resumed.returncode == 0, resumed.stderr
     trials = open_study(load_config(config_path)).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -103,7 +98,7 @@ def test_full_job_root_fails_trials_in_words_and_a_rerun_completes_after_space_i
     config_path = sweep(tmp_path, mlflow_template, n_trials=3, max_consecutive_failures=2)
     mount_tmpfs(job_root, "64k")
 
-    full = run(config_path)
+    full = run_to_end(config_path, timeout_s=300)
     assert full.returncode == 1, full.stderr  # stopped on failures, not a crash
     assert "sweep disk stopped: failures: 2 trials failed in a row" in full.stdout
     config = load_config(config_path)
@@ -115,7 +110,7 @@ def test_full_job_root_fails_trials_in_words_and_a_rerun_completes_after_space_i
     assert not [p for p in job_root.iterdir() if p.name.startswith(".tmp-")]  # no debris
 
     assert mount("-o", "remount,size=64m", str(job_root)).returncode == 0  # space freed
-    resumed = run(config_path)
+    resumed = run_to_end(config_path, timeout_s=300)
     assert resumed.returncode == 0, resumed.stderr
     trials = open_study(config).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE]

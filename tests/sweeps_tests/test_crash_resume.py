@@ -24,7 +24,7 @@ from sweeps import load_config
 from sweeps import trial_record as ts
 from sweeps.engine.runner import open_study
 from tests._warm_runs import WarmRun
-from tests._warm_runs import start_warm
+from tests.reliability_tests._sweep_procs import start_run
 from tests.sweeps_tests.conftest import write_config
 from tests.sweeps_tests.conftest import write_curves
 
@@ -32,10 +32,6 @@ TrialState = optuna.trial.TrialState
 
 SEARCH_SPACE = {"epochs": {"value": 4},
                 "learning_rate_multiplier": {"low": 0.1, "high": 10.0, "log": True}}
-
-
-def start_sweep(config_path: Path) -> WarmRun:
-    return start_warm(["run", str(config_path), "-q"], cwd=config_path.parent)
 
 
 def created_jobs(config) -> list[str]:
@@ -63,11 +59,11 @@ def kill_when(process: WarmRun, config, *, submissions: int) -> None:
 def kill_twice_then_finish(config_path: Path, seed_mlflow, *, n_trials: int):
     config = load_config(config_path)
     seed_mlflow(config)
-    kill_when(start_sweep(config_path), config, submissions=2)  # first jobs in flight
+    kill_when(start_run(config_path), config, submissions=2)  # first jobs in flight
     assert running_trials(config), "the kill should leave trials in flight"
-    kill_when(start_sweep(config_path), config, submissions=n_trials - 2)  # some recorded
+    kill_when(start_run(config_path), config, submissions=n_trials - 2)  # some recorded
     assert running_trials(config)
-    final = start_sweep(config_path)
+    final = start_run(config_path)
     output = final.communicate(timeout=600)[0].decode()
     assert final.returncode == 0, output
 
@@ -113,7 +109,7 @@ def test_ctrl_c_exits_130_leaves_jobs_running_and_a_rerun_collects_them(
         backend={"kind": "replay", "curves": "curves.json", "time_scale": 4.0})
     config = load_config(config_path)
     seed_mlflow(config)
-    process = start_sweep(config_path)
+    process = start_run(config_path)
     deadline = time.monotonic() + 120
     while len(created_jobs(config)) < 2:
         assert process.poll() is None and time.monotonic() < deadline
@@ -130,7 +126,7 @@ def test_ctrl_c_exits_130_leaves_jobs_running_and_a_rerun_collects_them(
         ref = JobRef.from_dict(trial.user_attrs[ts.ATTR_JOB_REF])
         assert backend.poll(ref).state.value in ("RUNNING", "SUCCEEDED")
 
-    final = start_sweep(config_path)
+    final = start_run(config_path)
     assert final.wait(timeout=300) == 0
     trials = open_study(config).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
